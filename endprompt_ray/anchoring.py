@@ -1,0 +1,251 @@
+"""The EndPrompt method and its baselines as pure array functions (NumPy only: no Ray, no torch).
+
+A training sample is a short physical sequence whose position ids may jump. For EndPrompt with physical length P,
+target length L and a terminal prompt of b tokens:
+
+    segment 1: the first P - b tokens of a document, position ids 0 .. P-b-1
+    segment 2: the terminal prompt (a fixed template, or the document's last b tokens),
+               position ids start .. start+b-1 with start in [P-b, L-b]
+
+so segment 2, attending to all of segment 1, sees relative distances up to about L. The baselines come from the
+same builder: `contiguous` (first P tokens, positions 0..P-1), `full_length` (first L tokens, positions 0..L-1) and
+`pose` (first P tokens cut into chunks whose positions skip ahead so that they span up to L).
+
+Every function works on a whole batch: documents are gathered from one flat token array with index arithmetic, and
+random draws are keyed by document content and a seed, so a sample gets the same draw whatever batch it lands in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+
+IGNORE_INDEX = -100  # the label value that Hugging Face causal-LM losses skip
+
+Method = Literal["endprompt", "contiguous", "full_length", "pose"]
+METHODS = ("endprompt", "contiguous", "full_length", "pose")
+
+
+class AnchorError(ValueError):
+    """An anchoring setting that cannot produce valid samples."""
+
+
+@dataclass(frozen=True)
+class AnchorSpec:
+    """Everything the sample builder needs; `validate()` explains any impossible combination."""
+
+    method: Method = "endprompt"
+    physical_length: int = 8192  # P: tokens per training sample
+    target_length: int = 65536  # L: the context window being trained for
+    prompt_source: Literal["template", "tail"] = "template"
+    prompt_ids: tuple[int, ...] = ()  # the tokenised template, for prompt_source="template"
+    tail_length: int = 20  # b, for prompt_source="tail"
+    anchor: Literal["fixed", "random"] = "fixed"
+    anchor_offset: int = 0  # fixed anchor: last terminal position = L - 1 - anchor_offset
+    mask: Literal["none", "segment1", "segment2"] = "none"  # which segment's tokens get no loss
+    short_docs: Literal["pack", "skip"] = "pack"
+    eos_id: int | None = None  # joins packed documents
+    pose_chunks: int = 2
+    seed: int = 0
+    prefix_ids: tuple[int, ...] = field(default=())  # e.g. BOS, placed at the start of segment 1
+
+    @property
+    def prompt_length(self) -> int:
+        """b: tokens in segment 2 (0 for the baselines)."""
+        if self.method != "endprompt":
+            return 0
+        return len(self.prompt_ids) if self.prompt_source == "template" else self.tail_length
+
+    @property
+    def sequence_length(self) -> int:
+        """Physical tokens per sample."""
+        return self.target_length if self.method == "full_length" else self.physical_length
+
+    @property
+    def min_document_tokens(self) -> int:
+        """Tokens a document needs (after the prefix) to make one sample without reusing any token."""
+        needed = self.sequence_length - len(self.prefix_ids)
+        if self.method == "endprompt" and self.prompt_source == "template":
+            needed -= self.prompt_length
+        return needed
+
+    def validate(self) -> "AnchorSpec":
+        P, L, b = self.physical_length, self.target_length, self.prompt_length
+        if self.method not in METHODS:
+            raise AnchorError(f"method={self.method!r} is not one of {METHODS}")
+        if P < 2:
+            raise AnchorError(f"physical_length={P} must be at least 2")
+        if self.method != "full_length" and L <= P:
+            raise AnchorError(f"target_length={L} must exceed physical_length={P}: nothing would be extended. "
+                              "Raise method.target_length or lower method.physical_length.")
+        if len(self.prefix_ids) >= P:
+            raise AnchorError(f"prefix of {len(self.prefix_ids)} tokens leaves no room in physical_length={P}")
+        if self.method == "endprompt":
+            if self.prompt_source == "template" and not self.prompt_ids:
+                raise AnchorError("prompt_source='template' needs a non-empty prompt text")
+            if self.prompt_source == "tail" and self.tail_length < 1:
+                raise AnchorError(f"tail_length={self.tail_length} must be at least 1")
+            if b >= P - len(self.prefix_ids):
+                raise AnchorError(f"terminal prompt of b={b} tokens does not fit in physical_length={P} "
+                                  f"(need P > b + {len(self.prefix_ids)} prefix tokens); shorten the prompt or raise P")
+            if self.anchor == "fixed":
+                start = L - b - self.anchor_offset
+                if self.anchor_offset < 0:
+                    raise AnchorError(f"anchor_offset={self.anchor_offset} would put segment 2 past the target "
+                                      f"length {L}; use an offset >= 0")
+                if start < P - b:
+                    raise AnchorError(f"anchor_offset={self.anchor_offset} puts segment 2 at positions {start}.."
+                                      f"{start + b - 1}, overlapping segment 1 (0..{P - b - 1}); "
+                                      f"use anchor_offset <= {L - P}")
+            elif self.anchor != "random":
+                raise AnchorError(f"anchor={self.anchor!r} is not 'fixed' or 'random'")
+        if self.method == "pose":
+            if not 1 <= self.pose_chunks <= P:
+                raise AnchorError(f"pose_chunks={self.pose_chunks} must be between 1 and physical_length={P}")
+        if self.short_docs == "pack" and self.eos_id is None:
+            raise AnchorError("short_docs='pack' joins documents with EOS, but the tokenizer has no eos_token; "
+                              "set a tokenizer with an EOS token or use method.short_docs=skip")
+        return self
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a fast, well-spread hash of uint64 values."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def sample_keys(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed: int, width: int = 16) -> np.ndarray:
+    """A uint64 key per document from its length and first `width` tokens: the same document gives the same key."""
+    idx = starts[:, None] + np.minimum(np.arange(width)[None, :], lengths[:, None] - 1)  # documents are non-empty
+    tokens = flat[idx]
+    key = _mix64(np.full(len(starts), seed, dtype=np.uint64) ^ lengths.astype(np.uint64))
+    with np.errstate(over="ignore"):
+        for column in tokens.T.astype(np.uint64):  # `width` vector steps, not per token
+            key = _mix64(key ^ column)
+    return key
+
+
+def uniform_draws(keys: np.ndarray, low: int, high: int, stream: int = 0) -> np.ndarray:
+    """Integers uniform in [low, high] (inclusive), one per key; `stream` gives independent draws for one key."""
+    span = np.uint64(high - low + 1)
+    return (low + (_mix64(keys ^ _mix64(np.uint64(stream + 1) * np.ones_like(keys))) % span)).astype(np.int64)
+
+
+def to_flat(documents: Sequence[Sequence[int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat tokens, start offsets, lengths) for a batch of token lists."""
+    arrays = [np.asarray(d, dtype=np.int64).reshape(-1) for d in documents]
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(arrays) else lengths
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    return flat, starts, lengths
+
+
+def pack_short_documents(documents: Sequence[Sequence[int]], min_tokens: int, eos_id: int
+                         ) -> tuple[list[np.ndarray], int, int]:
+    """Join consecutive documents shorter than `min_tokens` with EOS until each pack is long enough.
+
+    Long documents pass through untouched. Returns (units, packs_made, documents_dropped): a trailing group that
+    never reaches `min_tokens` is dropped and counted. Loops over documents, not tokens.
+    """
+    units: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    pending_tokens = packs = 0
+    for doc in documents:
+        doc = np.asarray(doc, dtype=np.int64).reshape(-1)
+        if len(doc) == 0:
+            continue
+        if len(doc) >= min_tokens:
+            units.append(doc)
+            continue
+        pending.append(doc)
+        pending_tokens += len(doc) + 1
+        if pending_tokens - 1 >= min_tokens:
+            joined = np.concatenate([np.append(d, eos_id) for d in pending])[:-1]
+            units.append(joined)
+            packs += 1
+            pending, pending_tokens = [], 0
+    return units, packs, len(pending)
+
+
+def build_samples(documents: Sequence[Sequence[int]], spec: AnchorSpec) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Turn a batch of tokenised documents into fixed-length samples.
+
+    Returns ({"input_ids", "position_ids", "labels"}: int64 arrays of shape [n, sequence_length], stats) where
+    stats counts documents in, samples out, packs made and documents skipped as too short.
+    """
+    need = spec.min_document_tokens
+    if spec.short_docs == "pack":
+        units, packs, dropped = pack_short_documents(documents, need, spec.eos_id)
+        skipped_short = 0
+    else:
+        units = [np.asarray(d, dtype=np.int64).reshape(-1) for d in documents]
+        units = [u for u in units if len(u) > 0]
+        long_enough = [u for u in units if len(u) >= need]
+        packs, dropped, skipped_short = 0, 0, len(units) - len(long_enough)
+        units = long_enough
+    stats = {"documents": len(documents), "samples": len(units), "packs": packs,
+             "skipped_short": skipped_short, "dropped_pack_remainder": dropped}
+    flat, starts, lengths = to_flat(units)
+    n, T = len(units), spec.sequence_length
+    prefix = np.asarray(spec.prefix_ids, dtype=np.int64)
+    body = T - len(prefix)
+    empty = np.zeros((0, T), dtype=np.int64)
+    if n == 0:
+        return {"input_ids": empty, "position_ids": empty, "labels": empty}, stats
+
+    keys = sample_keys(flat, starts, lengths, spec.seed)
+    b = spec.prompt_length
+    head = body - b  # content tokens of segment 1
+    cols = np.arange(head)
+    segment1 = flat[starts[:, None] + cols[None, :]]
+    if spec.method == "endprompt":
+        if spec.prompt_source == "template":
+            segment2 = np.broadcast_to(np.asarray(spec.prompt_ids, dtype=np.int64), (n, b))
+        else:  # the document's last b tokens (a document of exactly P - prefix tokens has them right after segment 1)
+            segment2 = flat[(starts + lengths - b)[:, None] + np.arange(b)[None, :]]
+        input_ids = np.concatenate([np.broadcast_to(prefix, (n, len(prefix))), segment1, segment2], axis=1)
+        P, L = spec.physical_length, spec.target_length
+        if spec.anchor == "fixed":
+            start2 = np.full(n, L - b - spec.anchor_offset, dtype=np.int64)
+        else:
+            start2 = uniform_draws(keys, P - b, L - b)
+        position_ids = np.empty((n, T), dtype=np.int64)
+        position_ids[:, : T - b] = np.arange(T - b)[None, :]
+        position_ids[:, T - b:] = start2[:, None] + np.arange(b)[None, :]
+    else:
+        input_ids = np.concatenate([np.broadcast_to(prefix, (n, len(prefix))), segment1], axis=1)
+        position_ids = np.broadcast_to(np.arange(T), (n, T)).copy()
+        if spec.method == "pose":
+            position_ids += pose_position_skips(keys, T, spec.target_length, spec.pose_chunks)
+
+    labels = input_ids.copy()
+    if spec.method == "endprompt" and spec.mask == "segment1":
+        labels[:, : T - b] = IGNORE_INDEX
+    elif spec.method == "endprompt" and spec.mask == "segment2":
+        labels[:, T - b:] = IGNORE_INDEX
+    return {"input_ids": np.ascontiguousarray(input_ids), "position_ids": position_ids, "labels": labels}, stats
+
+
+def pose_position_skips(keys: np.ndarray, P: int, L: int, chunks: int) -> np.ndarray:
+    """PoSE: per sample, cut [0, P) into `chunks` chunks and shift chunk i by a skip u_i, with
+    0 = u_0 <= u_1 <= ... <= u_{k-1} <= L - P (sorted uniform draws), so the last position is at most L - 1.
+
+    Returns the [n, P] array of skips to add to positions 0..P-1.
+    """
+    n = len(keys)
+    if chunks == 1:
+        return np.zeros((n, P), dtype=np.int64)
+    cut_draws = np.stack([uniform_draws(keys, 1, P - 1, stream=i) for i in range(chunks - 1)], axis=1)
+    skip_draws = np.stack([uniform_draws(keys, 0, L - P, stream=100 + i) for i in range(chunks - 1)], axis=1)
+    cuts = np.sort(cut_draws, axis=1)  # chunk i covers [cuts[i-1], cuts[i])
+    skips = np.concatenate([np.zeros((n, 1), dtype=np.int64), np.sort(skip_draws, axis=1)], axis=1)
+    chunk_of = (np.arange(P)[None, None, :] >= cuts[:, :, None]).sum(axis=1)  # [n, P]
+    return np.take_along_axis(skips, chunk_of, axis=1)

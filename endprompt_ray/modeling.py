@@ -1,0 +1,140 @@
+"""Load a causal LM and its tokenizer: a local directory, a hub id, or the locally built `tiny` preset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TINY = "tiny"
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer that cannot be loaded as configured."""
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """A small Llama-architecture model and byte-level BPE tokenizer, built locally (no downloads)."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 172
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 256  # the "original" window that EndPrompt extends
+    rope_theta: float = 10000.0
+    seed: int = 0
+
+
+def build_tiny_tokenizer(spec: TinySpec = TinySpec()):
+    """Train a byte-level BPE tokenizer on the generated demo corpus; deterministic for a given spec."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .demo_corpus import generate_documents
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(generate_documents(300, seed=spec.seed), trainer=trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                  special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   model_max_length=spec.max_position_embeddings)
+
+
+def build_tiny_model(tokenizer, spec: TinySpec = TinySpec(), attn_implementation: str = "sdpa"):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(spec.seed)
+    return LlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
+
+
+def tiny_model_dir(spec: TinySpec = TinySpec(), root: str | Path | None = None) -> Path:
+    """Build the tiny model once into a cache directory (keyed by its spec) and return that directory.
+
+    Every process that asks for the same spec gets identical weights, so workers on other nodes need no shared disk.
+    """
+    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(root or os.environ.get("ENDPROMPT_CACHE", Path(tempfile.gettempdir()) / "endprompt_ray"))
+    target = root / f"tiny-{key}"
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    tokenizer = build_tiny_tokenizer(spec)
+    model = build_tiny_model(tokenizer, spec)
+    staging = Path(tempfile.mkdtemp(dir=root.mkdir(parents=True, exist_ok=True) or root, prefix=".tiny-"))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)  # atomic: concurrent builders of the same spec cannot leave a half-written dir
+    except OSError:
+        pass  # another process won the race; its copy is identical
+    return target
+
+
+def resolve_model_path(name_or_path: str, tiny: TinySpec = TinySpec()) -> str:
+    """`tiny` -> the locally built preset; an existing directory -> itself; anything else -> a hub id."""
+    if name_or_path == TINY:
+        return str(tiny_model_dir(tiny))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"model directory {path} has no config.json; point model.name_or_path at a "
+                                 "Hugging Face model directory (config.json + weights + tokenizer files)")
+        return str(path)
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
+        raise ModelLoadError(f"model path {name_or_path!r} does not exist; fix model.name_or_path "
+                             "(a local model directory, a hub id such as meta-llama/Meta-Llama-3-8B, or 'tiny')")
+    return name_or_path  # a hub id: from_pretrained downloads it (needs network access and, if gated, HF_TOKEN)
+
+
+def load_config(name_or_path: str, tiny: TinySpec = TinySpec()):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model_path(name_or_path, tiny))
+
+
+def load_tokenizer(name_or_path: str, tiny: TinySpec = TinySpec()):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path, tiny)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load a tokenizer from {path}: {err}. The model directory needs tokenizer "
+                             "files (tokenizer.json or tokenizer.model + tokenizer_config.json)") from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batched generation needs a pad token; it is always masked
+    return tokenizer
+
+
+def load_model(name_or_path: str, config=None, attn_implementation: str = "sdpa", dtype=None,
+               tiny: TinySpec = TinySpec()):
+    """Load weights; `config` (e.g. with scaled RoPE) replaces the checkpoint's own."""
+    from transformers import AutoModelForCausalLM
+
+    if attn_implementation.startswith("flash_attention"):
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise ModelLoadError(f"model.attn_implementation={attn_implementation!r} needs flash-attn on a CUDA "
+                                 "GPU: pip install 'endprompt-ray[gpu]', or use model.attn_implementation=sdpa")
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path, tiny), config=config,
+                                                attn_implementation=attn_implementation, dtype=dtype)
