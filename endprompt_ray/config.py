@@ -1,0 +1,289 @@
+"""The typed configuration tree: YAML presets, `--set a.b=c` overrides, and validation with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .anchoring import METHODS
+from .modeling import TinySpec
+from .rope import ROPE_TYPES, RopeScaling
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PROMPT = "This is the end of text, please pay attention here"
+
+
+class ConfigError(ValueError):
+    """A configuration value that is unknown, of the wrong type, or inconsistent."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "endprompt-tiny"  # re-running with the same name resumes from its latest checkpoint
+    output_dir: str = "outputs"
+    storage_path: str | None = None  # Ray Train storage: local dir or s3://...; default <output_dir>/ray_results
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"  # 'tiny', a local HF model directory, or a hub id
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    tiny: TinySpec = field(default_factory=TinySpec)
+
+
+@dataclass
+class MethodConfig:
+    kind: Literal["endprompt", "contiguous", "full_length", "pose", "rope_only"] = "endprompt"
+    physical_length: int = 256  # P
+    target_length: int = 2048  # L
+    prompt_source: Literal["template", "tail"] = "template"
+    prompt_text: str = DEFAULT_PROMPT
+    tail_length: int = 20
+    anchor: Literal["fixed", "random"] = "fixed"
+    anchor_offset: int = 0
+    mask: Literal["none", "segment1", "segment2"] = "none"
+    short_docs: Literal["pack", "skip"] = "pack"
+    pose_chunks: int = 2
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)  # empty: the generated demo corpus
+    format: Literal["auto", "jsonl", "parquet", "text", "hf_disk"] = "auto"
+    text_field: str = "text"
+    demo_documents: int = 400
+    tokenizer_actors: int = 1
+    batch_size: int = 64  # documents per tokenise/anchor batch
+    cpus_per_task: float = 0.25  # Ray Data read/tokenise/anchor tasks; small so CPU training workers leave room
+
+
+@dataclass
+class TrainConfig:
+    num_workers: Any = 2  # an int, or [min, max] for elastic training
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # CPU default fits 2 workers + data tasks on 2 cores; raise on GPU nodes
+    deepspeed_config: str = "configs/deepspeed/zero2.json"
+    micro_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 2
+    max_steps: int = 12
+    checkpoint_every: int = 6
+    gradient_checkpointing: bool = True
+    bf16: bool | None = None  # None: on with GPUs, off on CPU
+    max_failures: int = 0
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    lengths: list[int] = field(default_factory=list)  # empty: [method.target_length]
+    tasks: list[str] = field(default_factory=list)  # empty: every task that can run
+    num_samples: int = 2
+    batch_size: int = 4
+    essay_path: str | None = None
+    squad_path: str | None = None
+    hotpotqa_path: str | None = None
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db
+    experiment: str = "endprompt-ray"
+    log_model: bool = False  # also copy the exported weights into MLflow's artifact store
+
+
+@dataclass
+class ExtendConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    rope: RopeScaling = field(default_factory=RopeScaling)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    # ---- derived paths -------------------------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir).expanduser().resolve() / self.run.name
+
+    @property
+    def storage_path(self) -> str:
+        if self.run.storage_path:
+            path = self.run.storage_path
+            return path if "://" in path else str(Path(path).expanduser().resolve())
+        return str(Path(self.run.output_dir).expanduser().resolve() / "ray_results")
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.tracking.tracking_uri:
+            return self.tracking.tracking_uri
+        return f"sqlite:///{Path(self.run.output_dir).expanduser().resolve() / 'mlflow.db'}"
+
+    def deepspeed_path(self) -> Path:
+        path = Path(self.train.deepspeed_config).expanduser()
+        return path if path.is_absolute() or path.exists() else REPO_ROOT / path
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted keys -> values, for MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, inner)
+            else:
+                out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+        walk("", self.to_dict())
+        return out
+
+    # ---- validation ------------------------------------------------------------------------------------------------
+    def validate(self) -> "ExtendConfig":
+        m, t = self.method, self.train
+        if m.kind not in METHODS + ("rope_only",):
+            raise ConfigError(f"method.kind={m.kind!r} is not one of {METHODS + ('rope_only',)}")
+        if self.rope.type not in ROPE_TYPES:
+            raise ConfigError(f"rope.type={self.rope.type!r} is not one of {ROPE_TYPES}")
+        if m.physical_length < 2 or m.target_length < 2:
+            raise ConfigError("method.physical_length and method.target_length must be at least 2")
+        if m.kind != "full_length" and m.target_length <= m.physical_length:
+            raise ConfigError(f"method.target_length={m.target_length} must exceed method.physical_length="
+                              f"{m.physical_length} (L <= P leaves nothing to extend)")
+        workers = t.num_workers
+        if isinstance(workers, (list, tuple)):
+            if len(workers) != 2 or not all(isinstance(w, int) for w in workers) or not 1 <= workers[0] <= workers[1]:
+                raise ConfigError(f"train.num_workers={workers!r}: give an int or a [min, max] pair with 1 <= min <= max")
+        elif not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"train.num_workers={workers!r} must be a positive int or a [min, max] pair")
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "checkpoint_every"):
+            if getattr(t, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1")
+        if t.max_steps < 0:
+            raise ConfigError("train.max_steps must be >= 0")
+        ds = self.deepspeed_path()
+        if not ds.is_file():
+            raise ConfigError(f"train.deepspeed_config={t.deepspeed_config!r}: file not found (looked at {ds}); "
+                              "use one of configs/deepspeed/*.json or a path to your own DeepSpeed JSON")
+        return self
+
+
+# ---- loading: YAML + overrides, strictly typed ------------------------------------------------------------------
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert `value` against a dataclass field type; nested dataclasses are built recursively."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
+        return _build(hint, value, where)
+    if hint is Any:
+        return value
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}={value!r} must be one of {list(typing.get_args(hint))}")
+        return value
+    if origin in (list, tuple):
+        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v != ""]
+        (inner, *_) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(items)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}={value!r} must be true or false")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and value != int(value)):
+            raise ConfigError(f"{where}={value!r} must be {'an integer' if hint is int else 'a number'}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}={value!r} must be a string")
+        return str(value)
+    return value
+
+
+def _build(cls, values: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    default = cls()
+    merged = {f.name: kwargs.get(f.name, getattr(default, f.name)) for f in dataclasses.fields(cls)}
+    return cls(**merged)
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExtendConfig:
+    """Defaults <- YAML file <- `a.b=c` overrides (values parsed as YAML), validated."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; presets live in {REPO_ROOT / 'configs'}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (run:, model:, method: ...)")
+    set_tree: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set method.target_length=65536")
+        key, raw = item.split("=", 1)
+        _set_dotted(set_tree, key.strip(), raw)
+    return _build(ExtendConfig, _deep_merge(tree, set_tree)).validate()
+
+
+def config_from_dict(values: dict) -> ExtendConfig:
+    """Rebuild a config from `to_dict()` output (e.g. inside a Ray worker)."""
+    return _build(ExtendConfig, values)
+
+
+def dump_yaml(cfg: ExtendConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

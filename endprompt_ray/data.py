@@ -1,0 +1,212 @@
+"""Ray Data pipeline: corpus files -> records -> token ids (actor pool) -> anchored fixed-length samples.
+
+Bad records (invalid JSON, missing or non-string text field, empty text, undecodable bytes) are counted, not fatal.
+Counts go to a small actor keyed by a fingerprint of each batch, so re-reading data in a later epoch or a
+retried task does not count the same records twice; `data_report()` reads the totals at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from .anchoring import AnchorSpec, build_samples
+from .config import ConfigError, DataConfig, ExtendConfig
+from .demo_corpus import generate_documents
+from .modeling import TinySpec, load_tokenizer
+
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
+                  ".txt": "text", ".text": "text", ".md": "text"}
+RECORD = "record"  # column of raw records: one JSON line, or one whole text document
+
+
+# ---- counting bad input --------------------------------------------------------------------------------------------
+
+@ray.remote(num_cpus=0)
+class DataStats:
+    def __init__(self) -> None:
+        self._by_batch: dict[str, dict[str, int]] = {}
+
+    def add(self, stage: str, fingerprint: str, counts: dict[str, int]) -> None:
+        self._by_batch[f"{stage}:{fingerprint}"] = counts
+
+    def totals(self) -> dict[str, int]:
+        total: Counter = Counter()
+        for counts in self._by_batch.values():
+            total.update(counts)
+        return dict(total)
+
+
+def _fingerprint(values) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    for value in values:
+        digest.update(value if isinstance(value, bytes) else np.asarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def data_report(stats) -> dict[str, int]:
+    """Totals of records read, skipped by reason, samples built (`stats` from `build_dataset`)."""
+    return ray.get(stats.totals.remote())
+
+
+# ---- reading ---------------------------------------------------------------------------------------------------------
+
+def detect_format(paths: list[Path], declared: str) -> str:
+    if declared != "auto":
+        return declared
+    if len(paths) == 1 and paths[0].is_dir() and (paths[0] / "dataset_info.json").exists():
+        return "hf_disk"
+    files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
+    formats = {SUFFIX_FORMATS.get(f.suffix.lower()) for f in files}
+    if None in formats:
+        odd = next(f for f in files if SUFFIX_FORMATS.get(f.suffix.lower()) is None)
+        raise ConfigError(f"data file {odd} has an unknown format ({odd.suffix or 'no suffix'}); supported: "
+                          f"{sorted(SUFFIX_FORMATS)} or an HF dataset saved with save_to_disk; set data.format "
+                          "explicitly or remove the file")
+    if len(formats) != 1:
+        raise ConfigError(f"data.paths mix formats {sorted(formats)}; point data.paths at files of one format")
+    return formats.pop()
+
+
+def read_records(cfg: DataConfig) -> tuple[ray.data.Dataset, str]:
+    """A dataset with one `record` column, and the format that tells the tokeniser how to parse it."""
+    if not cfg.paths:  # the generated demo corpus travels through the object store: no shared disk needed
+        lines = [json.dumps({"text": t}) for t in generate_documents(cfg.demo_documents, seed=0)]
+        return ray.data.from_items([{RECORD: line} for line in lines], override_num_blocks=4), "jsonl"
+    paths = [Path(p).expanduser() for p in cfg.paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"data.paths: {missing[0]} does not exist; fix data.paths (files or folders of "
+                          ".jsonl/.parquet/.txt, or an HF dataset saved to disk), or leave it empty for the demo corpus")
+    files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
+    if not files or all(f.stat().st_size == 0 for f in files):
+        raise ConfigError(f"data.paths {cfg.paths} contain no data (no files, or only empty files)")
+    fmt = detect_format(paths, cfg.format)
+    strs = [str(p) for p in paths]
+    if fmt == "jsonl":
+        ds = ray.data.read_text(strs, drop_empty_lines=True)
+        return ds.rename_columns({"text": RECORD}), fmt
+    if fmt == "text":
+        ds = ray.data.read_binary_files(strs)
+        return ds.rename_columns({"bytes": RECORD}), fmt
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        first = next(f for f in files if f.suffix == ".parquet")
+        columns = pq.read_schema(first).names
+        if cfg.text_field not in columns:
+            raise ConfigError(f"parquet file {first} has no column {cfg.text_field!r} (columns: {columns}); "
+                              "set data.text_field")
+        return ray.data.read_parquet(strs, columns=[cfg.text_field]).rename_columns({cfg.text_field: RECORD}), fmt
+    if fmt == "hf_disk":
+        import datasets
+
+        hf = datasets.load_from_disk(strs[0])
+        if isinstance(hf, datasets.DatasetDict):
+            hf = hf["train"] if "train" in hf else hf[next(iter(hf))]
+        if cfg.text_field not in hf.column_names:
+            raise ConfigError(f"HF dataset {strs[0]} has no column {cfg.text_field!r} (columns: {hf.column_names}); "
+                              "set data.text_field")
+        return ray.data.from_huggingface(hf.select_columns([cfg.text_field])).rename_columns(
+            {cfg.text_field: RECORD}), fmt
+    raise ConfigError(f"data.format={fmt!r} is not one of auto, jsonl, parquet, text, hf_disk")
+
+
+def extract_texts(records, fmt: str, text_field: str) -> tuple[list[str], Counter]:
+    """Valid document texts from raw records, and counts of what was skipped and why."""
+    counts: Counter = Counter(records=len(records))
+    texts: list[str] = []
+    for record in records:
+        if fmt == "jsonl":
+            try:
+                obj = json.loads(record)
+            except (json.JSONDecodeError, TypeError):
+                counts["skipped_bad_json"] += 1
+                continue
+            text = obj.get(text_field) if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                counts["skipped_missing_text"] += 1
+                continue
+        elif fmt == "text":
+            try:
+                text = bytes(record).decode("utf-8")
+            except UnicodeDecodeError:
+                counts["skipped_not_utf8"] += 1
+                continue
+        else:
+            text = record
+            if not isinstance(text, str):
+                counts["skipped_missing_text"] += 1
+                continue
+        if not text.strip():
+            counts["skipped_empty_text"] += 1
+            continue
+        texts.append(text)
+    counts["documents"] = len(texts)
+    return texts, counts
+
+
+# ---- the two transforms ------------------------------------------------------------------------------------------------
+
+class Tokenize:
+    """Actor-pool UDF: each actor loads the tokenizer once."""
+
+    def __init__(self, model_name: str, tiny: dict, fmt: str, text_field: str, stats) -> None:
+        self.tokenizer = load_tokenizer(model_name, TinySpec(**tiny))
+        self.fmt, self.text_field, self.stats = fmt, text_field, stats
+
+    def __call__(self, batch: dict) -> pa.Table:
+        records = list(batch[RECORD])
+        texts, counts = extract_texts(records, self.fmt, self.text_field)
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        ray.get(self.stats.add.remote("read", _fingerprint(r if isinstance(r, bytes) else str(r).encode()
+                                                           for r in records), dict(counts)))
+        return pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int32()))})
+
+
+class Anchor:
+    """Batch transform: token lists -> {input_ids, position_ids, labels} of one fixed length."""
+
+    def __init__(self, spec: AnchorSpec, stats) -> None:
+        self.spec, self.stats = spec, stats
+
+    def __call__(self, batch: dict) -> dict:
+        docs = list(batch["input_ids"])
+        samples, counts = build_samples(docs, self.spec)
+        counts = {k: v for k, v in counts.items() if k != "documents"}
+        ray.get(self.stats.add.remote("anchor", _fingerprint(docs), counts))
+        return samples
+
+
+def anchor_spec(cfg: ExtendConfig, tokenizer) -> AnchorSpec:
+    """The method settings with the tokenizer's facts (template ids, EOS, BOS prefix) filled in."""
+    m = cfg.method
+    kind = "contiguous" if m.kind == "rope_only" else m.kind
+    prompt_ids = tuple(tokenizer(m.prompt_text, add_special_tokens=False)["input_ids"]) if m.prompt_text else ()
+    prefix = (tokenizer.bos_token_id,) if tokenizer.bos_token_id is not None else ()
+    return AnchorSpec(method=kind, physical_length=m.physical_length, target_length=m.target_length,
+                      prompt_source=m.prompt_source, prompt_ids=prompt_ids, tail_length=m.tail_length,
+                      anchor=m.anchor, anchor_offset=m.anchor_offset, mask=m.mask, short_docs=m.short_docs,
+                      eos_id=tokenizer.eos_token_id, pose_chunks=m.pose_chunks, seed=cfg.run.seed,
+                      prefix_ids=prefix).validate()
+
+
+def build_dataset(cfg: ExtendConfig, tokenizer):
+    """(the lazy training dataset, its DataStats actor); nothing runs until Ray Train workers iterate their shards."""
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic for fixed workers
+    spec = anchor_spec(cfg, tokenizer)
+    stats = DataStats.remote()
+    records, fmt = read_records(cfg.data)
+    tokens = records.map_batches(
+        Tokenize, batch_size=cfg.data.batch_size, concurrency=cfg.data.tokenizer_actors,
+        num_cpus=cfg.data.cpus_per_task,
+        fn_constructor_args=(cfg.model.name_or_path, cfg.model.tiny.__dict__, fmt, cfg.data.text_field, stats))
+    samples = tokens.map_batches(Anchor, batch_size=cfg.data.batch_size, batch_format="numpy", concurrency=1,
+                                 num_cpus=cfg.data.cpus_per_task, fn_constructor_args=(spec, stats))
+    return samples, stats

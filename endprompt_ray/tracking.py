@@ -1,0 +1,65 @@
+"""MLflow tracking: one run per job (reused when a run name resumes), live training metrics, artifacts."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from ray.train import UserCallback
+
+from .config import ExtendConfig, dump_yaml
+
+RUN_NAME_TAG = "endprompt.run_name"
+TRAIN_METRICS = ("loss", "learning_rate", "tokens_per_s", "step_time_s", "peak_memory_mb", "epoch")
+
+
+def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dict | None = None) -> str:
+    """Open (or reopen, for a resumed run name) the MLflow run and log params and config artifacts."""
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    existing = MlflowClient().search_runs([experiment.experiment_id],
+                                          filter_string=f"tags.`{RUN_NAME_TAG}` = '{cfg.run.name}'",
+                                          max_results=1, order_by=["attributes.start_time DESC"])
+    run = mlflow.start_run(run_id=existing[0].info.run_id if existing else None,
+                           run_name=None if existing else cfg.run.name,
+                           tags={RUN_NAME_TAG: cfg.run.name, **(tags or {})})
+    if not existing:
+        params = cfg.flat_params()
+        for i in range(0, len(params), 90):  # MLflow caps params per batch call
+            mlflow.log_params(dict(list(params.items())[i:i + 90]))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.yaml").write_text(dump_yaml(cfg))
+        if deepspeed_config is not None:
+            (Path(tmp) / "deepspeed.json").write_text(json.dumps(deepspeed_config, indent=2))
+        mlflow.log_artifacts(tmp, artifact_path="config")
+    return run.info.run_id
+
+
+class MlflowTrainCallback(UserCallback):
+    """Logs rank 0's training metrics as they are reported. Runs in the Ray Train controller, which Ray places on
+    the driver's node, so a local sqlite tracking URI works as well as a server."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self._client = None
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if not metrics or "loss" not in metrics[0]:
+            return
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        step = int(metrics[0]["step"])
+        values = {f"train/{k}": float(metrics[0][k]) for k in TRAIN_METRICS if k in metrics[0]}
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+
+
+def log_data_report(report: dict[str, int]) -> None:
+    mlflow.log_metrics({f"data/{k}": float(v) for k, v in report.items()})
+    mlflow.log_dict(report, "data_report.json")

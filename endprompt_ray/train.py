@@ -1,0 +1,173 @@
+"""One Ray Train V2 + DeepSpeed trainer for every method (EndPrompt and all baselines differ only in their data).
+
+Each worker loads the model with the scaled RoPE config, wraps it in a DeepSpeed engine (ZeRO stage and offload from
+the JSON under configs/deepspeed/), streams its shard of the anchored dataset, and reports metrics and DeepSpeed
+checkpoints through `ray.train.report`. Running again with the same run name and storage path resumes from the latest
+checkpoint. The final report carries the exported Hugging Face model in `hf_model/`.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from .config import ExtendConfig, config_from_dict
+from .export import EXPORT_SUBDIR, save_hf_model
+from .forward import training_forward
+from .modeling import load_config, load_model, load_tokenizer
+from .rope import scaled_config
+
+STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
+PROGRESS_FILE = "progress.json"
+
+
+def deepspeed_config(cfg: ExtendConfig, world_size: int) -> dict:
+    """The user's DeepSpeed JSON with batch sizes, optimizer, schedule and precision filled in from our config."""
+    t = cfg.train
+    ds = json.loads(cfg.deepspeed_path().read_text())
+    ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
+    ds["gradient_accumulation_steps"] = t.gradient_accumulation_steps
+    ds["train_batch_size"] = t.micro_batch_size * t.gradient_accumulation_steps * world_size
+    ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    params = ds["optimizer"].setdefault("params", {})
+    params.update(lr=t.learning_rate, weight_decay=t.weight_decay, betas=[0.9, 0.95], eps=1e-8)
+    if not t.use_gpu:
+        params["torch_adam"] = True  # DeepSpeed's fused Adam needs CUDA
+    ds.setdefault("scheduler", {"type": "WarmupLR", "params": {
+        "warmup_min_lr": 0.0, "warmup_max_lr": t.learning_rate, "warmup_num_steps": max(t.warmup_steps, 1),
+        "warmup_type": "linear"}})  # linear warm-up, then constant (the paper's schedule)
+    bf16 = t.use_gpu if t.bf16 is None else t.bf16
+    ds["bf16"] = {"enabled": bool(bf16)}
+    return ds
+
+
+def _peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _batches(shard, micro_batch_size: int, device):
+    """Endless stream of micro-batches, epoch after epoch; fails loudly if an epoch yields nothing."""
+    import torch
+
+    epoch = 0
+    while True:
+        produced = 0
+        for batch in shard.iter_torch_batches(batch_size=micro_batch_size, dtypes=torch.long, device=device,
+                                              drop_last=True):
+            produced += 1
+            yield epoch, batch
+        if produced == 0:
+            raise RuntimeError("the training dataset produced no full micro-batch: the corpus is empty after "
+                               "filtering (see the data report: too-short or malformed documents), or smaller "
+                               "than num_workers x micro_batch_size samples")
+        epoch += 1
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import deepspeed
+    import torch
+    from ray.experimental.tqdm_ray import tqdm
+
+    cfg = config_from_dict(loop_config["cfg"])
+    t, ctx = cfg.train, ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.run.seed)
+
+    ds_config = deepspeed_config(cfg, world)
+    model_config = scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length,
+                                 cfg.rope)
+    zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
+    if zero3:  # partition weights while loading instead of materialising the full model on every rank
+        from transformers.integrations import HfDeepSpeedConfig
+
+        ds_hook = HfDeepSpeedConfig(ds_config)  # noqa: F841 - must stay alive during from_pretrained
+    dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
+    model = load_model(cfg.model.name_or_path, config=model_config, attn_implementation=cfg.model.attn_implementation,
+                       dtype=dtype, tiny=cfg.model.tiny)
+    model.config.use_cache = False
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_config,
+                                                   model_parameters=[p for p in model.parameters() if p.requires_grad])
+
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            engine.load_checkpoint(ckpt_dir, tag=STATE_TAG)
+            step = json.loads((Path(ckpt_dir) / PROGRESS_FILE).read_text())["step"]
+
+    def report(metrics: dict, final: bool = False) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save_checkpoint(tmp, tag=STATE_TAG)
+            if rank == 0:
+                (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": step}))
+            if final:
+                save_hf_model(engine, load_tokenizer(cfg.model.name_or_path, cfg.model.tiny),
+                              Path(tmp) / EXPORT_SUBDIR, is_writer=rank == 0, zero3=zero3,
+                              metadata={"config": cfg.to_dict(), "steps": step})
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+    shard = ray.train.get_dataset_shard("train") if step < t.max_steps else None
+    batches = _batches(shard, t.micro_batch_size, device) if shard is not None else iter(())
+    bar = tqdm(total=t.max_steps, desc=f"train {cfg.run.name}", position=0) if rank == 0 else None
+    if bar is not None and step:
+        bar.update(step)
+    metrics: dict = {"step": step}
+    engine.train()
+    while step < t.max_steps:
+        started, losses, tokens, epoch = time.perf_counter(), [], 0, 0
+        for _ in range(t.gradient_accumulation_steps):
+            epoch, batch = next(batches)
+            loss = training_forward(engine, batch, cfg.model.attn_implementation).loss
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.detach().float().item())
+            tokens += batch["input_ids"].numel()
+        step += 1
+        elapsed = time.perf_counter() - started
+        metrics = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses),
+                   "learning_rate": scheduler.get_last_lr()[0] if scheduler else t.learning_rate,
+                   "tokens_per_s": tokens * world / elapsed, "step_time_s": elapsed,
+                   "peak_memory_mb": _peak_memory_mb(device)}
+        if bar is not None:
+            bar.update(1)
+        if step % t.checkpoint_every == 0 and step < t.max_steps:
+            report(metrics)
+        else:
+            ray.train.report(metrics)
+    report(metrics, final=True)
+    if bar is not None:
+        bar.close()
+
+
+def scaling_config(cfg: ExtendConfig) -> ScalingConfig:
+    workers = cfg.train.num_workers
+    return ScalingConfig(num_workers=tuple(workers) if isinstance(workers, list) else workers,
+                         use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker})
+
+
+def make_trainer(cfg: ExtendConfig, dataset, callbacks: list | None = None) -> TorchTrainer:
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict()},
+        scaling_config=scaling_config(cfg),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        datasets={"train": dataset},
+        run_config=RunConfig(name=cfg.run.name, storage_path=cfg.storage_path, callbacks=callbacks or [],
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
+    )
