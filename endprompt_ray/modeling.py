@@ -138,3 +138,11 @@ def load_model(name_or_path: str, config=None, attn_implementation: str = "sdpa"
                                  "GPU: pip install 'endprompt-ray[gpu]', or use model.attn_implementation=sdpa")
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path, tiny), config=config,
                                                 attn_implementation=attn_implementation, dtype=dtype)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation (gradient) checkpointing, under the name the installed transformers uses."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -12,10 +12,11 @@ import mlflow
 import ray
 
 from . import tracking
-from .config import ExtendConfig, dump_yaml
+from .config import ConfigError, ExtendConfig, dump_yaml
 from .data import build_dataset, data_report
 from .export import export_from_checkpoint
-from .modeling import load_tokenizer
+from .modeling import load_config, load_tokenizer
+from .rope import scaled_config
 from .train import deepspeed_config, make_trainer
 
 log = logging.getLogger("endprompt_ray")
@@ -48,6 +49,7 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tiny)
+    preflight(cfg)
     dataset, stats = build_dataset(cfg, tokenizer)
     run_id = tracking.start_run(cfg, deepspeed_config(cfg, _max_workers(cfg)), tags=mlflow_tags)
     try:
@@ -67,6 +69,14 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
                         tracking_uri=cfg.tracking_uri, final_metrics=final, data_report=report,
                         checkpoint_path=str(result.checkpoint.path), ruler=ruler,
                         wall_time_s=time.perf_counter() - started)
+
+
+def preflight(cfg: ExtendConfig) -> None:
+    """Checks that would otherwise fail inside every training worker: fail once, here, with the clear message."""
+    scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length, cfg.rope)
+    if cfg.model.attn_implementation.startswith("flash_attention") and not cfg.train.use_gpu:
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs GPUs: set train.use_gpu=true "
+                          "or use model.attn_implementation=sdpa")
 
 
 def _max_workers(cfg: ExtendConfig) -> int:

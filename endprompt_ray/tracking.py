@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
 
@@ -53,9 +55,6 @@ class MlflowTrainCallback(UserCallback):
             self._client = MlflowClient(self.tracking_uri)
         step = int(metrics[0]["step"])
         values = {f"train/{k}": float(metrics[0][k]) for k in TRAIN_METRICS if k in metrics[0]}
-        from mlflow.entities import Metric
-        import time
-
         now = int(time.time() * 1000)
         self._client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
 

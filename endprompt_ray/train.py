@@ -9,6 +9,7 @@ checkpoint. The final report carries the exported Hugging Face model in `hf_mode
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import tempfile
 import time
@@ -22,7 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from .config import ExtendConfig, config_from_dict
 from .export import EXPORT_SUBDIR, save_hf_model
 from .forward import training_forward
-from .modeling import load_config, load_model, load_tokenizer
+from .modeling import enable_activation_checkpointing, load_config, load_model, load_tokenizer
 from .rope import scaled_config
 
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
@@ -81,6 +82,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ray.experimental.tqdm_ray import tqdm
 
     cfg = config_from_dict(loop_config["cfg"])
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
     t, ctx = cfg.train, ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -99,7 +101,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        dtype=dtype, tiny=cfg.model.tiny)
     model.config.use_cache = False
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_config,
                                                    model_parameters=[p for p in model.parameters() if p.requires_grad])
 

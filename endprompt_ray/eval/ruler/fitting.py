@@ -61,6 +61,7 @@ class Draft:
     estimate: Callable[[int], float]  # monotone in n; only differences matter
     n_min: int
     n_max: int
+    exhausted: str | None = None  # names a finite source (corpus, QA file); too small if even n_max underfills
 
 
 @dataclass
@@ -74,9 +75,9 @@ class Fitted:
 class TooShort(EvalInputError):
     """The task's fixed parts alone exceed the budget at this length."""
 
-    def __init__(self, needed: int, budget: int):
-        self.needed, self.budget = needed, budget
-        super().__init__(f"needs at least {needed} prompt tokens, budget is {budget}")
+    def __init__(self, needed: int, have: int, what: str = "prompt"):
+        self.needed, self.have, self.what = needed, have, what  # what: "prompt" tokens or total "length"
+        super().__init__(f"needs a {what} of at least {needed} tokens, has {have}")
 
 
 def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int:

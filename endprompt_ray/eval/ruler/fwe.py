@@ -1,0 +1,61 @@
+"""Frequent words extraction (fwe): coded words drawn with Zipf (zeta) frequencies; name the three most frequent."""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .fitting import Draft, TooShort
+from .tasks import FWE_ANSWER_PREFIX, FWE_TEMPLATE, FWE_VOCAB_DIVISOR, FWE_WORD_LEN, TaskSpec
+from .words import unique_letters
+
+if TYPE_CHECKING:
+    from .sources import BuildContext
+
+
+def zeta(s: float, terms: int = 1000) -> float:
+    """Riemann zeta for s > 1 (Euler-Maclaurin tail), so that no SciPy dependency is needed."""
+    k = np.arange(1, terms, dtype=np.float64)
+    n = float(terms)
+    return float(np.sum(k ** -s) + n ** (1 - s) / (s - 1) + 0.5 * n ** -s + s * n ** (-s - 1) / 12)
+
+
+def word_counts(num_words: int, vocab_size: int, alpha: float) -> np.ndarray:
+    """Occurrences of the rank-k word: floor(num_words * k^-alpha / zeta(alpha))."""
+    k = np.arange(1, vocab_size + 1, dtype=np.float64)
+    return (num_words * k ** -alpha / zeta(alpha)).astype(np.int64)
+
+
+def min_words(vocab_size: int, alpha: float) -> int:
+    """Fewest words for which ranks 2-5 have strictly falling counts, so the top three coded words are unambiguous."""
+    n = 1
+    while True:
+        c = word_counts(n, min(vocab_size, 5), alpha)
+        if c[1] > c[2] > c[3] > c[4]:
+            return n
+        n += 1
+
+
+def fwe_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
+    alpha = spec.params["alpha"]
+    vocab_size = ctx.length // FWE_VOCAB_DIVISOR
+    if vocab_size < 5:
+        raise TooShort(5 * FWE_VOCAB_DIVISOR, ctx.length, what="length")
+    rng = random.Random(ctx.seed)
+    vocab = sorted(unique_letters(rng, vocab_size, FWE_WORD_LEN, string.ascii_lowercase))
+    rng.shuffle(vocab)
+    vocab[0] = "..."  # the most frequent "word" is noise; the answer is ranks 2-4
+    tokens = ctx.counter.pieces([" " + w for w in vocab], cache=False)
+    weights_sum = float(word_counts(10**9, vocab_size, alpha).sum()) / 10**9
+    n_min = min_words(vocab_size, alpha)
+
+    def render(n: int) -> tuple[str, dict]:
+        words = [w for w, c in zip(vocab, word_counts(n, vocab_size, alpha)) for _ in range(c)]
+        random.Random(ctx.seed * 1_000_003 + n).shuffle(words)
+        return FWE_TEMPLATE.format(context=" ".join(words)) + FWE_ANSWER_PREFIX, {"answers": vocab[1:4]}
+
+    return Draft(render, estimate=lambda n: int(word_counts(n, vocab_size, alpha) @ tokens), n_min=n_min,
+                 n_max=int((ctx.budget + vocab_size) / weights_sum) + n_min)

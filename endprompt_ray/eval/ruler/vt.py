@@ -1,0 +1,80 @@
+"""Variable tracking (vt): chains "VAR B = VAR A" hidden in noise, with one worked example in front of the question."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import TYPE_CHECKING
+
+from .fitting import Draft, fit
+from .haystack import NOISE_SENTENCES, noise_estimator, noise_lines
+from .tasks import VT_ANSWER_PREFIX, VT_ICL_TOKENS, VT_ICL_VALUE, VT_TEMPLATE, TaskSpec
+from .words import random_letters, unique_letters
+
+if TYPE_CHECKING:
+    from .fitting import TokenCounter
+    from .sources import BuildContext
+
+_SLOT = "\x00"
+
+
+def make_chains(rng: random.Random, num_chains: int, num_hops: int, is_icl: bool) -> tuple[list[list[str]], list]:
+    """Variable names per chain and the assignment lines; the example uses 3-letter names and value 12345."""
+    k = 3 if is_icl else 5
+    hops = min(10, num_hops) if is_icl else num_hops
+    names = unique_letters(rng, (hops + 1) * num_chains, k, exclude=frozenset({"VAR"}))
+    variables, chains = [], []
+    for c in range(num_chains):
+        these = names[c * (hops + 1):(c + 1) * (hops + 1)]
+        value = VT_ICL_VALUE if is_icl else str(rng.randint(10000, 99998))
+        variables.append(these)
+        chains.append([f"VAR {these[0]} = {value}"] + [f"VAR {these[j + 1]} = VAR {these[j]} " for j in range(hops)])
+    return variables, chains
+
+
+def _draft(counter: "TokenCounter", seed: int, budget: int, num_chains: int, num_hops: int, is_icl: bool,
+           preamble: str = "") -> Draft:
+    rng = random.Random(seed)
+    variables, chains = make_chains(rng, num_chains, num_hops, is_icl)
+    value = chains[0][0].split("=")[-1].strip()
+    num_v = len(variables[0])
+    head, tail = VT_TEMPLATE.format(context=_SLOT, query=value).split(_SLOT)
+    tail += VT_ANSWER_PREFIX.format(num_v=num_v, query=value)
+    answer_text = " " + " ".join(variables[0]) if is_icl else ""  # the example is measured with its answer
+
+    def render(n: int) -> tuple[str, dict]:
+        lines = noise_lines(n)
+        place = random.Random(seed * 1_000_003 + n)
+        for chain in chains:
+            for j, pos in enumerate(sorted(place.sample(range(len(lines)), len(chain)))):
+                lines.insert(pos + j, chain[j])
+        context = "\n".join(lines).replace(". \n", ".\n")
+        return preamble + head + context + tail + answer_text, {"answers": list(variables[0])}
+
+    estimate = noise_estimator(counter)
+    line_tokens = max(1, estimate(len(NOISE_SENTENCES)))
+    return Draft(render, estimate, n_min=len(NOISE_SENTENCES) * len(chains[0]),
+                 n_max=len(NOISE_SENTENCES) * (budget // line_tokens + len(chains[0]) + 2))
+
+
+def icl_example(counter: "TokenCounter", spec: TaskSpec, seed: int) -> str:
+    """The worked example (question + answer), built once per tokenizer to about 500 tokens."""
+    key = ("vt_icl", spec.params["num_chains"], spec.params["num_hops"], seed)
+    if key not in counter.memo:
+        draft = _draft(counter, seed, VT_ICL_TOKENS, spec.params["num_chains"], spec.params["num_hops"], True)
+        counter.memo[key] = fit(draft, counter, VT_ICL_TOKENS).prompt + "\n"
+    return counter.memo[key]
+
+
+def randomize_icl(example: str, num_hops: int, rng: random.Random) -> str:
+    """Fresh names and value in the example for every sample, so the answer cannot be copied from it."""
+    for name in example.strip().split()[-min(10, num_hops) - 1:]:
+        example = re.sub(rf"\b{name}\b", random_letters(rng, len(name)), example)
+    return example.replace(VT_ICL_VALUE, str(rng.randint(10000, 99998)))
+
+
+def vt_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
+    example = icl_example(ctx.counter, spec, ctx.run_seed)
+    preamble = randomize_icl(example, spec.params["num_hops"], random.Random(ctx.seed + 7)) + "\n"
+    return _draft(ctx.counter, ctx.seed, ctx.budget, spec.params["num_chains"], spec.params["num_hops"], False,
+                  preamble)
