@@ -210,7 +210,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}={value!r} must be one of {list(typing.get_args(hint))}")
         return value
     if origin in (list, tuple):
-        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v != ""]
+        items = value if isinstance(value, (list, tuple)) else [  # "a,b" from --set
+            yaml.safe_load(v) for v in str(value).split(",") if v.strip()]
         (inner, *_) = typing.get_args(hint) or (Any,)
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(items)]
     if hint is bool:

@@ -29,11 +29,11 @@ class TokenCounter:
         self.memo: dict = {}  # per-tokenizer derived data (e.g. corpus prefix sums, the vt example)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
     def prompt(self, text: str) -> int:
         self.tokenisations += 1
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
 
     def pieces(self, pieces: Sequence[str], cache: bool = True) -> np.ndarray:
         """Tokens each piece adds when it follows other text (a piece carries its own leading separator)."""

@@ -6,7 +6,7 @@ import random
 import re
 from typing import TYPE_CHECKING
 
-from .fitting import Draft, fit
+from .fitting import Draft, TooShort, fit
 from .haystack import NOISE_SENTENCES, noise_estimator, noise_lines
 from .tasks import VT_ANSWER_PREFIX, VT_ICL_TOKENS, VT_ICL_VALUE, VT_TEMPLATE, TaskSpec
 from .words import random_letters, unique_letters
@@ -62,7 +62,11 @@ def icl_example(counter: "TokenCounter", spec: TaskSpec, seed: int) -> str:
     key = ("vt_icl", spec.params["num_chains"], spec.params["num_hops"], seed)
     if key not in counter.memo:
         draft = _draft(counter, seed, VT_ICL_TOKENS, spec.params["num_chains"], spec.params["num_hops"], True)
-        counter.memo[key] = fit(draft, counter, VT_ICL_TOKENS).prompt + "\n"
+        try:
+            example = fit(draft, counter, VT_ICL_TOKENS)
+        except TooShort as err:  # a verbose tokenizer: the shortest possible example is the closest to 500 tokens
+            example = fit(draft, counter, err.needed)
+        counter.memo[key] = example.prompt + "\n"
     return counter.memo[key]
 
 

@@ -1,0 +1,112 @@
+"""Every bad input named in the spec gets one clear message: what, where, how to fix."""
+
+import json
+
+import pytest
+
+from endprompt_ray.anchoring import AnchorError
+from endprompt_ray.config import ConfigError, DataConfig, load_config
+from endprompt_ray.data import anchor_spec, read_records
+from endprompt_ray.modeling import ModelLoadError, load_tokenizer
+from endprompt_ray.pipeline import preflight
+from endprompt_ray.rope import RopeError
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  target_lenght: 4096\n")
+    with pytest.raises(ConfigError, match="unknown config key method.'target_lenght'"):
+        load_config(path)
+
+
+def test_unknown_key_and_bad_values_in_set():
+    with pytest.raises(ConfigError, match="unknown config key train.'stepz'"):
+        load_config(None, ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="train.max_steps='many' must be an integer"):
+        load_config(None, ["train.max_steps=many"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["train.max_steps"])
+    with pytest.raises(ConfigError, match=r"method.anchor='middle' must be one of \['fixed', 'random'\]"):
+        load_config(None, ["method.anchor=middle"])
+    with pytest.raises(ConfigError, match=r"\[min, max\] pair"):
+        load_config(None, ["train.num_workers=[4, 2]"])
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.num_workers=[1, 4]", "eval.lengths=1024,2048", "rope.factor=8"])
+    assert cfg.train.num_workers == [1, 4] and cfg.eval.lengths == [1024, 2048] and cfg.rope.factor == 8.0
+
+
+def test_missing_config_file_and_deepspeed_config(tmp_path):
+    with pytest.raises(ConfigError, match="config file .* not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="train.deepspeed_config='zero9.json': file not found"):
+        load_config(None, ["train.deepspeed_config=zero9.json"])
+
+
+def test_l_not_above_p():
+    with pytest.raises(ConfigError, match="method.target_length=256 must exceed method.physical_length=256"):
+        load_config(None, ["method.target_length=256"])
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["method.physical_length=10"], AnchorError, "terminal prompt of b=.* does not fit in physical_length=10"),
+    (["method.anchor_offset=5000"], AnchorError, "overlapping segment 1"),
+    (["method.anchor_offset=-3"], AnchorError, "past the target length"),
+])
+def test_anchoring_errors(overrides, error, message):
+    cfg = load_config(None, overrides)
+    with pytest.raises(error, match=message):
+        anchor_spec(cfg, load_tokenizer("tiny"))
+
+
+def test_target_not_above_model_window():
+    cfg = load_config(None, ["method.target_length=200", "method.physical_length=128"])
+    with pytest.raises(RopeError, match="target_length=200 is not above the model's original window 256"):
+        preflight(cfg)
+
+
+def test_missing_model_path(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist; fix model.name_or_path"):
+        load_tokenizer(str(tmp_path / "no-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_tokenizer_without_eos_when_packing():
+    tokenizer = load_tokenizer("tiny")
+    tokenizer.eos_token = None
+    with pytest.raises(AnchorError, match="no eos_token; set a tokenizer with an EOS token or use "
+                                          "method.short_docs=skip"):
+        anchor_spec(load_config(), tokenizer)
+
+
+def test_corpus_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist; fix data.paths"):
+        read_records(DataConfig(paths=[str(tmp_path / "missing.jsonl")]))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="contain no data"):
+        read_records(DataConfig(paths=[str(tmp_path / "empty.jsonl")]))
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "corpus.docx").write_text("x")
+    with pytest.raises(ConfigError, match=r"corpus.docx has an unknown format \(.docx\)"):
+        read_records(DataConfig(paths=[str(tmp_path / "odd")]))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.jsonl").write_text(json.dumps({"text": "a"}) + "\n")
+    (mixed / "b.txt").write_text("b")
+    with pytest.raises(ConfigError, match="mix formats"):
+        read_records(DataConfig(paths=[str(mixed)]))
+
+
+def test_cli_prints_one_line_error(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("extend", Path(__file__).parent.parent / "pipelines" / "extend.py")
+    extend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extend)
+    assert extend.main(["--set", "train.max_stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: unknown config key train.'max_stepz'") and "Traceback" not in err

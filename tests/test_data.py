@@ -1,0 +1,82 @@
+"""Ray Data pipeline on small corpora: malformed records counted, samples correct, every input format read."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from endprompt_ray.config import load_config
+from endprompt_ray.data import build_dataset, data_report
+from endprompt_ray.demo_corpus import generate_documents
+from endprompt_ray.modeling import load_tokenizer
+
+P, L = 64, 1024
+
+
+def _cfg(paths, **extra):
+    overrides = [f"method.physical_length={P}", f"method.target_length={L}", "data.batch_size=8",
+                 f"data.paths={json.dumps([str(p) for p in paths])}"]
+    return load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture()
+def jsonl_corpus(tmp_path):
+    docs = generate_documents(20, seed=3)
+    lines = [json.dumps({"text": d}) for d in docs]
+    lines[3:3] = ["{not json", json.dumps({"body": "no text field"}), json.dumps({"text": "   "}),
+                  json.dumps({"text": 42}), json.dumps(["a", "list"])]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n\n")  # the blank line is not a record
+    return path, docs
+
+
+def test_malformed_rows_counted_and_samples_correct(local_ray, jsonl_corpus, tokenizer):
+    path, docs = jsonl_corpus
+    cfg = _cfg([path], **{"method.short_docs": "skip"})
+    dataset, stats = build_dataset(cfg, tokenizer)
+    rows = dataset.take_all()
+    report = data_report(stats)
+    assert report["records"] == 25 and report["documents"] == 20
+    assert report["skipped_bad_json"] == 1
+    assert report["skipped_missing_text"] == 3  # wrong field, non-string text, not an object
+    assert report["skipped_empty_text"] == 1
+    long_docs = [d for d in docs if len(tokenizer(d, add_special_tokens=False)["input_ids"]) >= P - 1]
+    assert report["samples"] == len(rows) == len(long_docs)
+    assert report["skipped_short"] == 20 - len(long_docs)
+
+    prompt = tokenizer("This is the end of text, please pay attention here", add_special_tokens=False)["input_ids"]
+    b = len(prompt)
+    first = rows[0]
+    expected = [tokenizer.bos_token_id] + tokenizer(long_docs[0], add_special_tokens=False)["input_ids"][:P - 1 - b]
+    np.testing.assert_array_equal(first["input_ids"][: P - b], expected)
+    np.testing.assert_array_equal(first["input_ids"][P - b:], prompt)
+    np.testing.assert_array_equal(first["position_ids"], list(range(P - b)) + list(range(L - b, L)))
+
+    again, _ = build_dataset(cfg, tokenizer)  # deterministic: same rows in the same order
+    for a, b_row in zip(rows, again.take_all()):
+        np.testing.assert_array_equal(a["input_ids"], b_row["input_ids"])
+
+
+def test_every_format_reads_the_same_documents(local_ray, tmp_path, tokenizer):
+    docs = generate_documents(6, seed=5)
+    (tmp_path / "txt").mkdir()
+    for i, d in enumerate(docs):
+        (tmp_path / "txt" / f"doc{i}.txt").write_text(d)
+    pq.write_table(pa.table({"content": docs}), tmp_path / "c.parquet")
+    import datasets
+
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "hf"))
+    cases = [([tmp_path / "txt"], {}), ([tmp_path / "c.parquet"], {"data.text_field": "content"}),
+             ([tmp_path / "hf"], {})]
+    for paths, extra in cases:
+        dataset, stats = build_dataset(_cfg(paths, **extra), tokenizer)
+        dataset.take_all()
+        report = data_report(stats)
+        assert report["documents"] == 6, (paths, report)
