@@ -219,6 +219,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}={value!r} must be true or false")
     if hint in (int, float):
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and value != int(value)):
             raise ConfigError(f"{where}={value!r} must be {'an integer' if hint is int else 'a number'}")
         return hint(value)

@@ -204,9 +204,11 @@ def build_dataset(cfg: ExtendConfig, tokenizer):
     stats = DataStats.remote()
     records, fmt = read_records(cfg.data)
     tokens = records.map_batches(
-        Tokenize, batch_size=cfg.data.batch_size, concurrency=cfg.data.tokenizer_actors,
+        Tokenize, batch_size=cfg.data.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenizer_actors),
         num_cpus=cfg.data.cpus_per_task,
         fn_constructor_args=(cfg.model.name_or_path, cfg.model.tiny.__dict__, fmt, cfg.data.text_field, stats))
-    samples = tokens.map_batches(Anchor, batch_size=cfg.data.batch_size, batch_format="numpy", concurrency=1,
+    samples = tokens.map_batches(Anchor, batch_size=cfg.data.batch_size, batch_format="numpy",
+                                 compute=ray.data.ActorPoolStrategy(size=1),
                                  num_cpus=cfg.data.cpus_per_task, fn_constructor_args=(spec, stats))
     return samples, stats

@@ -88,6 +88,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.run.seed)
 
+    deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")  # adopts Ray Train's process group
     ds_config = deepspeed_config(cfg, world)
     model_config = scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length,
                                  cfg.rope)
@@ -147,7 +148,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "peak_memory_mb": _peak_memory_mb(device)}
         if bar is not None:
             bar.update(1)
-        if step % t.checkpoint_every == 0 and step < t.max_steps:
+        if step == t.max_steps:
+            break  # the final report below carries these metrics
+        if step % t.checkpoint_every == 0:
             report(metrics)
         else:
             ray.train.report(metrics)

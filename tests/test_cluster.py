@@ -48,16 +48,11 @@ def _worker_types(config: dict) -> dict:
 
 # ---- Ray's own validation ----------------------------------------------------------------------------------------
 
-def _ray_schema() -> dict:
-    import ray.autoscaler
-
-    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
-
-
 def test_aws_yaml_validates_against_ray_schema(aws_config):
     import jsonschema
+    import ray.autoscaler
 
-    schema = _ray_schema()
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())  # shipped in the wheel
     jsonschema.validate(aws_config, schema)
     # The schema forbids unknown keys, so a typo is caught; make sure that is so for this file's shape.
     broken = copy.deepcopy(aws_config)
@@ -184,8 +179,8 @@ def moto_aws(aws_config, tmp_path_factory):
     from ray.autoscaler._private.commands import _bootstrap_config
     from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_USER_NODE_TYPE
 
-    region = aws_config["provider"]["region"]
-    listed: list = []
+    region, listed = aws_config["provider"]["region"], []
+    caches = (aws_utils.resource_cache, aws_utils.client_cache, aws_bootstrap._get_subnets_or_die)
 
     def list_once(*args, **kwargs):  # DescribeInstanceTypes is slow in moto; Ray asks twice
         if not listed:
@@ -199,7 +194,7 @@ def moto_aws(aws_config, tmp_path_factory):
             mp.setenv(key, "testing")  # moto's fake credentials, never sent anywhere
         mp.setenv("AWS_DEFAULT_REGION", region)
         mp.setattr(aws_provider, "list_ec2_instances", list_once)
-        for cached in (aws_utils.resource_cache, aws_utils.client_cache, aws_bootstrap._get_subnets_or_die):
+        for cached in caches:
             cached.cache_clear()  # drop boto3 objects cached by an earlier test or session
         try:
             detect = copy.deepcopy(aws_config)
@@ -218,14 +213,10 @@ def moto_aws(aws_config, tmp_path_factory):
                     Filters=[{"Name": "group-name", "Values": [aws_config["provider"]["security_group"]["GroupName"]]}]
                 )["SecurityGroups"],
                 "subnets": {s["SubnetId"]: s["AvailabilityZone"] for s in ec2.describe_subnets()["Subnets"]},
-                "offerings": {},
+                "offerings": {t: {o["Location"] for o in ec2.describe_instance_type_offerings(
+                    LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [t]}]
+                )["InstanceTypeOfferings"]} for t in {n["node_config"]["InstanceType"] for n in _node_types(aws_config).values()}},
             }
-            for node_type in _node_types(aws_config).values():
-                instance = node_type["node_config"]["InstanceType"]
-                offers = ec2.describe_instance_type_offerings(
-                    LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [instance]}]
-                )["InstanceTypeOfferings"]
-                state["offerings"][instance] = {o["Location"] for o in offers}
 
             # Launch one node per type with the bootstrapped node_config. The instance profiles are created by
             # the operator beforehand (cluster/README.md); moto cannot resolve the SSM AMI alias, so that one
@@ -245,7 +236,7 @@ def moto_aws(aws_config, tmp_path_factory):
             }
             state["volumes"] = ec2.describe_volumes()["Volumes"]
         finally:
-            for cached in (aws_utils.resource_cache, aws_utils.client_cache, aws_bootstrap._get_subnets_or_die):
+            for cached in caches:
                 cached.cache_clear()
     return state
 
@@ -322,7 +313,13 @@ def _ray_version_of_aws_images(aws_config) -> set[str]:
     return {docker[k].split(":")[1].split("-")[0] for k in ("head_image", "worker_image")}
 
 
-def _check_cluster_spec(spec: dict, where: str, aws_config: dict) -> list[dict]:
+def _pods(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+
+
+def _check_cluster_spec(spec: dict, path: Path, aws_config: dict) -> list[int]:
+    """Checks shared by the RayCluster and the RayJob's rayClusterSpec; returns each worker group's GPU count."""
+    where = path.name
     assert spec["enableInTreeAutoscaling"] is True, f"{where}: autoscaling off"
     assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: token authentication off"
     version = spec["rayVersion"]
@@ -331,18 +328,15 @@ def _check_cluster_spec(spec: dict, where: str, aws_config: dict) -> list[dict]:
     head = spec["headGroupSpec"]
     assert head["rayStartParams"].get("num-cpus") == "0", f"{where}: the head must advertise 0 CPUs"
     assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress"), f"{where}: public head"
-    pods = [("head", head["template"]["spec"])]
     for container in head["template"]["spec"]["containers"]:
         assert "nvidia.com/gpu" not in container.get("resources", {}).get("limits", {}), f"{where}: GPU on the head"
 
-    groups = spec["workerGroupSpecs"]
     gpu_counts = []
-    for group in groups:
+    for group in spec["workerGroupSpecs"]:
         name = f"{where}/{group['groupName']}"
         assert 0 <= group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"], name
         assert group["maxReplicas"] >= 1, f"{name}: can never scale up"
         pod = group["template"]["spec"]
-        pods.append((name, pod))
         resources = pod["containers"][0]["resources"]
         gpus = int(resources.get("limits", {}).get("nvidia.com/gpu", 0))
         assert gpus == int(resources.get("requests", {}).get("nvidia.com/gpu", gpus)), f"{name}: GPU request != limit"
@@ -355,23 +349,25 @@ def _check_cluster_spec(spec: dict, where: str, aws_config: dict) -> list[dict]:
         gpu_counts.append(gpus)
     assert 8 in gpu_counts, f"{where}: no 8-GPU worker group"
 
-    for name, pod in pods:
+    defined = {(d["kind"], d["metadata"]["name"]) for d in _docs(path)}
+    for pod in _pods(spec):
+        assert ("ServiceAccount", pod.get("serviceAccountName")) in defined, f"{where}: undefined ServiceAccount"
+        for volume in pod.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in defined, f"{where}: undefined claim {claim}"
         for container in pod["containers"]:
             image = container["image"]
-            assert image.startswith("rayproject/ray:") and image.split(":")[1].split("-")[0] == version, (name, image)
+            assert image.startswith("rayproject/ray:") and image.split(":")[1].split("-")[0] == version, image
             for env in container.get("env", []):
-                assert not (env["name"] == "RAY_AUTH_MODE" and env.get("value") != "token"), f"{name}: auth changed"
-    return pods
+                assert not (env["name"] == "RAY_AUTH_MODE" and env.get("value") != "token"), f"{where}: auth changed"
+    return gpu_counts
 
 
 def test_raycluster_manifest(aws_config):
     cluster = _one(RAYCLUSTER_YAML, "RayCluster")
     assert cluster["apiVersion"] == "ray.io/v1"
-    pods = _check_cluster_spec(cluster["spec"], "RayCluster", aws_config)
-    assert any(int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) == 1
-               for g in cluster["spec"]["workerGroupSpecs"]), "no single-GPU group for sweeps"
-    accounts = {d["metadata"]["name"] for d in _docs(RAYCLUSTER_YAML) if d["kind"] == "ServiceAccount"}
-    assert {pod.get("serviceAccountName") for _, pod in pods} <= accounts, "pods use a ServiceAccount not defined here"
+    assert 1 in _check_cluster_spec(cluster["spec"], RAYCLUSTER_YAML, aws_config), "no single-GPU group for sweeps"
 
 
 def test_rayjob_manifest(aws_config):
@@ -381,22 +377,34 @@ def test_rayjob_manifest(aws_config):
     entrypoint = spec["entrypoint"].split()
     assert entrypoint[:2] == ["python", "pipelines/extend.py"], spec["entrypoint"]
     assert entrypoint[entrypoint.index("--config") + 1] == "configs/llama3-8b-64k.yaml"
+    assert (ROOT / entrypoint[1]).is_file() and (ROOT / entrypoint[entrypoint.index("--config") + 1]).is_file()
     assert spec["shutdownAfterJobFinishes"] is True, "the job's GPU cluster must go away when the job ends"
     assert spec.get("activeDeadlineSeconds", 0) > 0
-    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
-    assert runtime_env["working_dir"].endswith(".zip")
-    pods = _check_cluster_spec(spec["rayClusterSpec"], "RayJob", aws_config)
-    accounts = {d["metadata"]["name"] for d in _docs(RAYJOB_YAML) if d["kind"] == "ServiceAccount"}
-    assert {pod.get("serviceAccountName") for _, pod in pods} <= accounts
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"].endswith(".zip")
+    _check_cluster_spec(spec["rayClusterSpec"], RAYJOB_YAML, aws_config)
 
 
-def test_rayjob_overrides_are_valid_config_keys():
-    """The `--set` overrides in the RayJob entrypoint name real config keys and give Ray Train shared storage."""
+def test_paper_preset_fits_both_clusters(aws_config):
+    """configs/llama3-8b-64k.yaml, with the RayJob's `--set` overrides, fits the GPU nodes and the shared storage."""
     from endprompt_ray.config import load_config
 
     tokens = _one(RAYJOB_YAML, "RayJob")["spec"]["entrypoint"].split()
-    overrides = [tokens[i + 1] for i, t in enumerate(tokens) if t == "--set"]
-    assert overrides, "the entrypoint should point run.storage_path at S3"
-    cfg = load_config(None, overrides)
-    assert cfg.storage_path.startswith("s3://")
-    assert cfg.tracking_uri.startswith("http://")
+    preset = ROOT / tokens[tokens.index("--config") + 1]
+    cfg = load_config(preset, [tokens[i + 1] for i, t in enumerate(tokens) if t == "--set"])  # unknown key: error
+    assert cfg.storage_path.startswith("s3://") and cfg.tracking_uri.startswith("http://")
+    assert cfg.train.use_gpu
+    workers = cfg.train.num_workers if isinstance(cfg.train.num_workers, int) else cfg.train.num_workers[1]
+    eight_gpu = [t for t in _worker_types(aws_config).values() if t["resources"].get("GPU") == 8]
+    for node_type in eight_gpu:  # each paper-scale type alone can host all workers, GPU:1 + CPU:cpus_per_worker each
+        assert workers <= 8 * node_type["max_workers"]
+        assert 8 * cfg.train.cpus_per_worker <= node_type["resources"]["CPU"]
+    output_dir = Path(cfg.run.output_dir)
+    if output_dir.is_absolute():  # the driver writes there and other nodes read: it must be shared on every node
+        mounts = [o.split()[1].split(":")[1] for o in aws_config["docker"]["run_options"] if o.startswith("--volume")]
+        assert any(output_dir.is_relative_to(m) for m in mounts), f"{output_dir} is not mounted in the containers"
+        assert any(m in c and "mount" in c for m in mounts for c in aws_config["initialization_commands"])
+        for path, kind in ((RAYCLUSTER_YAML, "RayCluster"), (RAYJOB_YAML, "RayJob")):
+            spec = _one(path, kind)["spec"]
+            for pod in _pods(spec.get("rayClusterSpec", spec)):
+                paths = [m["mountPath"] for m in pod["containers"][0].get("volumeMounts", [])]
+                assert any(output_dir.is_relative_to(m) for m in paths), f"{kind}: a pod lacks {output_dir}"

@@ -25,11 +25,15 @@ class TokenCounter:
         self.tokenizer = tokenizer
         self.tokenisations = 0  # whole-prompt tokenisations, reported by the benchmark
         self._pieces: dict[str, int] = {}
-        self._anchor = len(self._encode([_ANCHOR])[0])
+        self._anchor = self._lengths([_ANCHOR])[0]
         self.memo: dict = {}  # per-tokenizer derived data (e.g. corpus prefix sums, the vt example)
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    def _lengths(self, texts: list[str]) -> list[int]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the Rust tokenizer directly: no per-text Python conversion of offsets/masks
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
 
     def prompt(self, text: str) -> int:
         self.tokenisations += 1
@@ -38,13 +42,12 @@ class TokenCounter:
     def pieces(self, pieces: Sequence[str], cache: bool = True) -> np.ndarray:
         """Tokens each piece adds when it follows other text (a piece carries its own leading separator)."""
         if not cache:
-            return np.array([len(ids) - self._anchor for ids in self._encode([_ANCHOR + p for p in pieces])],
-                            dtype=np.int64)
+            return np.array(self._lengths([_ANCHOR + p for p in pieces]), dtype=np.int64) - self._anchor
         missing = list({p for p in pieces if p not in self._pieces})
-        for start in range(0, len(missing), 4096):
-            chunk = missing[start:start + 4096]
-            for piece, ids in zip(chunk, self._encode([_ANCHOR + p for p in chunk])):
-                self._pieces[piece] = len(ids) - self._anchor
+        for start in range(0, len(missing), 8192):
+            chunk = missing[start:start + 8192]
+            for piece, n in zip(chunk, self._lengths([_ANCHOR + p for p in chunk])):
+                self._pieces[piece] = n - self._anchor
         return np.fromiter((self._pieces[p] for p in pieces), dtype=np.int64, count=len(pieces))
 
 
