@@ -269,6 +269,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree: dict = {}
     if path is not None:
         path = Path(path)
+        if not path.is_file() and (REPO_ROOT / path).is_file():
+            path = REPO_ROOT / path  # presets are found from any working directory
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; presets live in {REPO_ROOT / 'configs'}")
         try:
@@ -283,7 +285,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set method.target_length=65536")
         key, raw = item.split("=", 1)
         _set_dotted(set_tree, key.strip(), raw)
-    return _build(ExtendConfig, _deep_merge(tree, set_tree)).validate()
+    cfg = _build(ExtendConfig, _deep_merge(tree, set_tree))
+    # Relative paths mean "from where the command ran": pin them before Ray/Tune workers change directory.
+    cfg.run.output_dir = _absolute(cfg.run.output_dir)
+    cfg.data.paths = [_absolute(p) for p in cfg.data.paths]
+    return cfg.validate()
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def config_from_dict(values: dict) -> ExtendConfig:

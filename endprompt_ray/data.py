@@ -79,6 +79,10 @@ def read_records(cfg: DataConfig) -> tuple[ray.data.Dataset, str]:
     if not cfg.paths:  # the generated demo corpus travels through the object store: no shared disk needed
         lines = [json.dumps({"text": t}) for t in generate_documents(cfg.demo_documents, seed=0)]
         return ray.data.from_items([{RECORD: line} for line in lines], override_num_blocks=4), "jsonl"
+    if any("://" in p for p in cfg.paths):  # remote storage (s3://, gs://): Ray Data reads it on the workers
+        if cfg.format in ("auto", "hf_disk"):
+            raise ConfigError("data.paths on remote storage need an explicit data.format (jsonl, parquet or text)")
+        return _read_format(cfg.paths, cfg.format, cfg.text_field), cfg.format
     paths = [Path(p).expanduser() for p in cfg.paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -88,13 +92,6 @@ def read_records(cfg: DataConfig) -> tuple[ray.data.Dataset, str]:
     if not files or all(f.stat().st_size == 0 for f in files):
         raise ConfigError(f"data.paths {cfg.paths} contain no data (no files, or only empty files)")
     fmt = detect_format(paths, cfg.format)
-    strs = [str(p) for p in paths]
-    if fmt == "jsonl":
-        ds = ray.data.read_text(strs, drop_empty_lines=True)
-        return ds.rename_columns({"text": RECORD}), fmt
-    if fmt == "text":
-        ds = ray.data.read_binary_files(strs)
-        return ds.rename_columns({"bytes": RECORD}), fmt
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -103,18 +100,27 @@ def read_records(cfg: DataConfig) -> tuple[ray.data.Dataset, str]:
         if cfg.text_field not in columns:
             raise ConfigError(f"parquet file {first} has no column {cfg.text_field!r} (columns: {columns}); "
                               "set data.text_field")
-        return ray.data.read_parquet(strs, columns=[cfg.text_field]).rename_columns({cfg.text_field: RECORD}), fmt
     if fmt == "hf_disk":
         import datasets
 
-        hf = datasets.load_from_disk(strs[0])
+        hf = datasets.load_from_disk(str(paths[0]))
         if isinstance(hf, datasets.DatasetDict):
             hf = hf["train"] if "train" in hf else hf[next(iter(hf))]
         if cfg.text_field not in hf.column_names:
-            raise ConfigError(f"HF dataset {strs[0]} has no column {cfg.text_field!r} (columns: {hf.column_names}); "
+            raise ConfigError(f"HF dataset {paths[0]} has no column {cfg.text_field!r} (columns: {hf.column_names}); "
                               "set data.text_field")
         return ray.data.from_huggingface(hf.select_columns([cfg.text_field])).rename_columns(
             {cfg.text_field: RECORD}), fmt
+    return _read_format([str(p) for p in paths], fmt, cfg.text_field), fmt
+
+
+def _read_format(paths: list[str], fmt: str, text_field: str) -> ray.data.Dataset:
+    if fmt == "jsonl":
+        return ray.data.read_text(paths, drop_empty_lines=True).rename_columns({"text": RECORD})
+    if fmt == "text":  # one document per file
+        return ray.data.read_binary_files(paths).rename_columns({"bytes": RECORD})
+    if fmt == "parquet":
+        return ray.data.read_parquet(paths, columns=[text_field]).rename_columns({text_field: RECORD})
     raise ConfigError(f"data.format={fmt!r} is not one of auto, jsonl, parquet, text, hf_disk")
 
 

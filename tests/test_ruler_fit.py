@@ -28,9 +28,8 @@ def test_budget_fit(task, counter, sources, tiny_tokenizer):
     for length in LENGTHS:
         try:
             samples = generate_samples(task, length, 2, counter, sources)
-        except TooShort as err:
-            assert not ran, f"{task} ran at a shorter length but not at {length}"
-            assert err.needed > 0
+        except TooShort as err:  # e.g. cwe switches to 30/3 repeats at 4096 and needs 8192 with this tokenizer
+            assert err.needed > length - TASKS[task].tokens_to_generate or err.what == "length"
             continue
         ran.append(length)
         for s in samples:
@@ -78,7 +77,7 @@ def test_essay_corpus_errors(counter, tmp_path):
     small.write_text("Only a few words here. Not nearly enough for a long haystack.")
     with pytest.raises(EvalInputError, match="too small for niah_single_2 at length 4096"):
         generate_samples("niah_single_2", 4096, 1, counter, Sources(essay_path=str(small)))
-    with pytest.raises(EvalInputError, match="needs a text corpus"):
+    with pytest.raises(EvalInputError, match="need a text corpus: set essay_path"):
         generate_samples("niah_single_2", 1024, 1, counter, Sources())
     with pytest.raises(EvalInputError, match="does not exist"):
         generate_samples("niah_single_2", 1024, 1, counter, Sources(essay_path=str(tmp_path / "missing")))
