@@ -76,13 +76,21 @@ def _batches(shard, micro_batch_size: int, device):
         epoch += 1
 
 
+def _quiet_report_logs() -> None:
+    """Ray Train V2 logs every `report` call at INFO from a logger named after its file; keep the console for
+    the progress bar."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import deepspeed
     import torch
     from ray.experimental.tqdm_ray import tqdm
 
     cfg = config_from_dict(loop_config["cfg"])
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
+    _quiet_report_logs()
     t, ctx = cfg.train, ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

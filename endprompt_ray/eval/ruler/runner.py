@@ -132,7 +132,8 @@ def run_ruler(model, tokenizer, settings: RulerSettings, output_dir: str | Path)
         except ModelLoadError as err:
             raise EvalInputError(str(err)) from err
     if tokenizer is None:
-        raise EvalInputError("run_ruler needs the model's tokenizer (or a model directory that contains it)")
+        raise EvalInputError("an in-memory model needs its tokenizer: pass tokenizer=..., or pass the model "
+                             "directory (config.json + weights + tokenizer files) instead of the model object")
     jobs = build_jobs(tokenizer, settings, sources, tasks, skipped)
     if not jobs:
         raise EvalInputError("no RULER task can run with these settings: "
