@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="Ray actors for generation (default: one per GPU when 2+ GPUs; 0: none)")
     p.add_argument("--skip-ruler", action="store_true", help="run only LongBench")
     p.add_argument("--longbench", metavar="DIR", help="also run LongBench from DIR/data/<dataset>.jsonl")
-    p.add_argument("--longbench-datasets", type=_csv(str), help="comma-separated LongBench datasets (default: all found)")
+    p.add_argument("--longbench-datasets", type=_csv(str),
+                   help="comma-separated LongBench datasets (default: all found)")
     p.add_argument("--longbench-samples", type=int, help="first N rows per LongBench dataset (default: all)")
     p.add_argument("--longbench-length", type=int, help="LongBench window (default: the model's)")
     p.add_argument("--output", default="eval_output", help="output folder (default ./eval_output)")
@@ -94,8 +95,10 @@ def _log(args: argparse.Namespace, path: str, lengths: list[int], results: dict)
     from endprompt_ray.eval.ruler import log_ruler_to_mlflow
 
     mlflow.set_tracking_uri(args.mlflow_uri)
-    mlflow.set_experiment(args.experiment)
-    with mlflow.start_run(run_name=args.run_name):
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(args.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(args.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=args.run_name):
         mlflow.log_params({"model": path, "lengths": ",".join(map(str, lengths)),
                            "tasks": ",".join(args.tasks) if args.tasks else "all", "samples": args.samples,
                            "seed": args.seed})

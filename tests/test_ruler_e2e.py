@@ -101,15 +101,19 @@ def test_bad_inputs(tiny_dir, tiny_tokenizer, tmp_path):
     assert "set squad_path (--squad)" in skipped["qa_1"] and "Paul Graham" in skipped["niah_single_2"]
 
 
-def test_cli(tiny_dir, tmp_path, capsys, one_thread):
+def test_cli(tiny_dir, tmp_path, capsys, one_thread, mlflow_uri):
     spec = importlib.util.spec_from_file_location("evaluate_cli", ROOT / "pipelines" / "evaluate.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     out = tmp_path / "out"
     code = cli.main(["--model", tiny_dir, "--lengths", "512", "--tasks", "niah_single_1", "--samples", "1",
-                     "--output", str(out), "--mlflow-uri", f"sqlite:///{tmp_path}/cli.db", "--run-name", "cli"])
+                     "--output", str(out), "--mlflow-uri", mlflow_uri, "--run-name", "cli"])
     printed = capsys.readouterr().out
     assert code == 0 and "niah_single_1" in printed and "overall" in printed
     assert (out / "ruler" / "summary.json").exists()
+    import mlflow
+
+    (run,) = mlflow.search_runs(experiment_names=["endprompt-ray-eval"], output_format="list")
+    assert run.info.run_name == "cli" and "ruler/niah_single_1/512" in run.data.metrics
     assert cli.main(["--model", tiny_dir, "--tasks", "nope"]) == 2
     assert "unknown RULER task 'nope'" in capsys.readouterr().err

@@ -70,11 +70,13 @@ def load_rows(path: Path, limit: int | None = None) -> list[dict]:
 
 def truncate_middle(prompt: str, tokenizer, max_tokens: int) -> str:
     """Keep the first and last max_tokens/2 tokens: instructions sit at both ends of LongBench prompts."""
+    if max_tokens < 8:
+        raise EvalInputError(f"a LongBench prompt budget of {max_tokens} tokens is too small; raise context_length")
     ids = tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"]
     while len(ids) > max_tokens:
         half = max_tokens // 2
         prompt = (tokenizer.decode(ids[:half], skip_special_tokens=True)
-                  + tokenizer.decode(ids[-half:], skip_special_tokens=True))
+                  + tokenizer.decode(ids[len(ids) - half:], skip_special_tokens=True))
         new = tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"]
         max_tokens -= max(1, len(new) - max_tokens)  # decoding and re-encoding can merge differently at the cut
         ids = new
@@ -94,7 +96,8 @@ def run_longbench(model, tokenizer, settings: LongBenchSettings, output_dir: str
     folder = data_folder(settings.data_dir)
     unknown = [d for d in settings.datasets or [] if d not in DATASETS]
     if unknown:
-        raise EvalInputError(f"unknown LongBench dataset(s) {', '.join(unknown)}; English datasets: {', '.join(DATASETS)}")
+        raise EvalInputError(f"unknown LongBench dataset(s) {', '.join(unknown)}; "
+                             f"English datasets: {', '.join(DATASETS)}")
     skipped, todo = {}, []
     for dataset in settings.datasets or DATASETS:
         path = folder / f"{dataset}.jsonl"
@@ -149,7 +152,8 @@ def _write(result: LongBenchResult, out: Path, settings: dict) -> LongBenchResul
             w.writerow([category, "average", result.categories[category]])
         w.writerow(["all", "average over datasets", result.avg])
         w.writerow(["all", "average over categories", result.macro_avg])
-    summary = {**dataclasses.asdict(result), "files": {k: str(v) for k, v in result.files.items()}, "settings": settings}
+    summary = {**dataclasses.asdict(result), "files": {k: str(v) for k, v in result.files.items()},
+               "settings": settings}
     result.files["summary_json"].write_text(json.dumps(summary, indent=2, default=str))
     return result
 

@@ -49,7 +49,7 @@ def fwe_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
     rng.shuffle(vocab)
     vocab[0] = "..."  # the most frequent "word" is noise; the answer is ranks 2-4
     tokens = ctx.counter.pieces([" " + w for w in vocab], cache=False)
-    weights_sum = float(word_counts(10**9, vocab_size, alpha).sum()) / 10**9
+    weights_sum = float(np.sum(np.arange(1, vocab_size + 1, dtype=np.float64) ** -alpha) / zeta(alpha))
     n_min = min_words(vocab_size, alpha)
 
     def render(n: int) -> tuple[str, dict]:

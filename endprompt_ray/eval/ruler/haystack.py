@@ -26,7 +26,7 @@ CORPUS_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
 
 
 def noise_lines(n: int) -> list[str]:
-    """n noise sentences as lines of the noise paragraph; a partial last line lets budgets be met sentence by sentence."""
+    """n noise sentences as lines of the noise paragraph; a partial last line lets a budget be met per sentence."""
     full, rest = divmod(n, len(NOISE_SENTENCES))
     lines = [NOISE] * full
     if rest:
@@ -78,7 +78,8 @@ def _read_text(path: Path) -> str:
                 try:
                     texts.append(json.loads(line)["text"])
                 except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise EvalInputError(f"{path}:{lineno}: expected a JSON object with a 'text' field ({err})") from err
+                    raise EvalInputError(f"{path}:{lineno}: expected a JSON object with a 'text' field "
+                                         f"({err})") from err
         return "\n".join(texts)
     if path.suffix == ".json":
         try:

@@ -97,7 +97,8 @@ def write_outputs(result: RulerResult, records: Sequence[dict], output_dir: str 
         w = csv.writer(f)
         w.writerow(["task", *lengths, "average"])
         for task, by_length in result.scores.items():
-            w.writerow([task, *[by_length.get(n, "") for n in lengths], round(float(np.mean(list(by_length.values()))), 2)])
+            mean = round(float(np.mean(list(by_length.values()))), 2)
+            w.writerow([task, *[by_length.get(n, "") for n in lengths], mean])
         w.writerow(["average", *[result.averages[n] for n in lengths], result.overall])
     plots.niah_heatmap(needle_hits(records), lengths, files["niah_heatmap"])
     plots.score_curves(result.scores, result.averages, lengths, files["ruler_scores"])

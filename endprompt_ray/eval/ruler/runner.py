@@ -25,7 +25,7 @@ class RulerSettings:
     essay_path: str | None = None  # text corpus for the essay haystack (file or folder)
     squad_path: str | None = None  # SQuAD v2 dev JSON, for qa_1
     hotpotqa_path: str | None = None  # HotpotQA dev-distractor JSON, for qa_2
-    workers: int | None = None  # Ray actors; None: one per GPU when there are 2+ GPUs and a model directory; 0: none
+    workers: int | None = None  # Ray actors (one GPU each); None: automatic, see _workers; 0: in-process
     progress: bool = True
 
     def validate(self) -> None:
@@ -41,7 +41,7 @@ class RulerSettings:
 
 
 def _plan(settings: RulerSettings, sources: Sources) -> tuple[list[str], dict[str, str]]:
-    """Tasks to run and tasks skipped for missing data. Asking by name for an essay task without a corpus is an error."""
+    """Tasks to run, and tasks skipped for missing data; naming an essay task without a corpus is an error."""
     explicit = settings.tasks is not None
     runnable, skipped = [], {}
     for task in (settings.tasks if explicit else ALL_TASKS):
@@ -99,7 +99,7 @@ def _predict_with_ray(model_dir: str, jobs, settings: RulerSettings, workers: in
     pool = ActorPool([actor.remote(model_dir, settings.batch_size) for _ in range(workers)])
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])  # longest lengths first: balances the actors
     for i in order:
-        task, _, samples = jobs[i]
+        samples = jobs[i][2]
         pool.submit(lambda a, job: a.predict.remote(*job), ([s.prompt for s in samples], samples[0].tokens_to_generate))
     results = [pool.get_next() for _ in tqdm(order, desc="RULER generation (Ray)", disable=not settings.progress)]
     out: list[list[str]] = [[] for _ in jobs]
@@ -109,14 +109,25 @@ def _predict_with_ray(model_dir: str, jobs, settings: RulerSettings, workers: in
 
 
 def _workers(settings: RulerSettings, model, jobs) -> int:
+    """Ray actors for a model directory: one per local GPU when there are 2+, or one per cluster GPU when this
+    process sees none but joined a Ray cluster that has some; otherwise 0 (generate in this process)."""
     if settings.workers is not None:
         if settings.workers and not isinstance(model, (str, Path)):
             raise EvalInputError("workers > 0 (Ray actors) needs a model directory, not an in-memory model")
         return settings.workers
+    if not isinstance(model, (str, Path)):
+        return 0
     import torch
 
     gpus = torch.cuda.device_count()
-    return min(gpus, len(jobs)) if gpus > 1 and isinstance(model, (str, Path)) and len(jobs) > 1 else 0
+    if gpus > 1 and len(jobs) > 1:
+        return min(gpus, len(jobs))
+    if gpus == 0:  # inside a Ray task that holds no GPU (e.g. a Tune trial's driver): borrow the cluster's GPUs
+        import ray
+
+        cluster = int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
+        return min(cluster, len(jobs)) if cluster else 0
+    return 0
 
 
 def run_ruler(model, tokenizer, settings: RulerSettings, output_dir: str | Path) -> report.RulerResult:

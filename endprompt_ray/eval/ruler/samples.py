@@ -17,8 +17,9 @@ from .sources import BuildContext, Sources
 from .tasks import get_task
 from .vt import vt_draft
 
-BUILDERS: dict[str, Callable] = {"niah": niah_draft, "variable_tracking": vt_draft, "common_words_extraction": cwe_draft,
-                                 "freq_words_extraction": fwe_draft, "qa": qa_draft}
+BUILDERS: dict[str, Callable] = {"niah": niah_draft, "variable_tracking": vt_draft,
+                                 "common_words_extraction": cwe_draft, "freq_words_extraction": fwe_draft,
+                                 "qa": qa_draft}
 MIN_FILL = 0.95
 
 
