@@ -105,9 +105,7 @@ def format_summary(res: ExtendResult) -> str:
         f"endprompt-ray: run '{res.run_name}' finished in {res.wall_time_s:.0f}s",
         f"  final step {int(m.get('step', 0))}, loss {m.get('loss', float('nan')):.4f}, "
         f"{m.get('tokens_per_s', 0):.0f} tokens/s",
-        f"  data: {res.data_report.get('documents', 0)} documents -> {res.data_report.get('samples', 0)} samples; "
-        + ", ".join(f"{k}={v}" for k, v in sorted(res.data_report.items()) if k.startswith("skipped") and v)
-        if res.data_report else "  data: no report",
+        _data_line(res.data_report),
         f"  model (Hugging Face format): {res.model_dir}",
         f"  last checkpoint: {res.checkpoint_path}",
     ]
@@ -122,6 +120,14 @@ def format_summary(res: ExtendResult) -> str:
     if res.tracking_uri.startswith("sqlite:"):
         lines.append(f"  open the UI: mlflow ui --backend-store-uri {res.tracking_uri}   (then http://127.0.0.1:5000)")
     return "\n".join(lines)
+
+
+def _data_line(report: dict) -> str:
+    skipped = ", ".join(f"{k.removeprefix('skipped_')}={v}" for k, v in sorted(report.items())
+                        if k.startswith("skipped") and v)
+    return (f"  data: {report.get('records', 0)} records -> {report.get('documents', 0)} documents -> "
+            f"{report.get('samples', 0)} samples ({report.get('packs', 0)} packed)"
+            + (f"; skipped: {skipped}" if skipped else "; nothing skipped"))
 
 
 def quiet_logs() -> None:

@@ -28,6 +28,7 @@ class SweepSpec:
     mode: str = "max"
     num_samples: int = 1  # repeats of the grid (random draws for choice/uniform)
     max_concurrent_trials: int = 1
+    trial_driver_cpus: float = 0.1  # the trial function mostly waits on its TorchTrainer, which reserves workers
 
 
 def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> SweepSpec:
@@ -92,10 +93,10 @@ def make_trial_fn(spec: SweepSpec):
 
 
 def run_sweep(spec: SweepSpec, storage_path: str | None = None):
-    """Run every trial; returns the ResultGrid. The trial driver needs no CPU: its TorchTrainer reserves workers."""
+    """Run every trial; returns the ResultGrid."""
     base = load_config(spec.base_config, spec.overrides)
     tuner = tune.Tuner(
-        tune.with_resources(make_trial_fn(spec), {"CPU": 0}),
+        tune.with_resources(make_trial_fn(spec), {"CPU": spec.trial_driver_cpus}),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
                                     max_concurrent_trials=spec.max_concurrent_trials),
