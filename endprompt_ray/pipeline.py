@@ -74,6 +74,12 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
 def preflight(cfg: ExtendConfig) -> None:
     """Checks that would otherwise fail inside every training worker: fail once, here, with the clear message."""
     scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length, cfg.rope)
+    if cfg.eval.enabled:  # an eval setting that cannot work must not wait for training to finish first
+        ruler_settings(cfg).validate()
+        for key in ("essay_path", "squad_path", "hotpotqa_path"):
+            path = getattr(cfg.eval, key)
+            if path and not Path(path).expanduser().exists():
+                raise ConfigError(f"eval.{key}={path!r} does not exist; fix the path or leave it unset")
     if cfg.model.attn_implementation.startswith("flash_attention") and not cfg.train.use_gpu:
         raise ConfigError("model.attn_implementation=flash_attention_2 needs GPUs: set train.use_gpu=true "
                           "or use model.attn_implementation=sdpa")
@@ -84,15 +90,20 @@ def _max_workers(cfg: ExtendConfig) -> int:
     return workers[1] if isinstance(workers, list) else workers
 
 
+def ruler_settings(cfg: ExtendConfig):
+    from .eval.ruler import RulerSettings
+
+    return RulerSettings(lengths=cfg.eval.lengths or [cfg.method.target_length], tasks=cfg.eval.tasks or None,
+                         num_samples=cfg.eval.num_samples, batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
+                         essay_path=cfg.eval.essay_path, squad_path=cfg.eval.squad_path,
+                         hotpotqa_path=cfg.eval.hotpotqa_path)
+
+
 def evaluate_ruler(cfg: ExtendConfig, model_dir: Path) -> dict:
     """RULER at the target length (or eval.lengths) on the exported model, logged to the active MLflow run."""
-    from .eval.ruler import RulerSettings, log_ruler_to_mlflow, run_ruler
+    from .eval.ruler import log_ruler_to_mlflow, run_ruler
 
-    settings = RulerSettings(lengths=cfg.eval.lengths or [cfg.method.target_length],
-                             tasks=cfg.eval.tasks or None, num_samples=cfg.eval.num_samples,
-                             batch_size=cfg.eval.batch_size, seed=cfg.run.seed, essay_path=cfg.eval.essay_path,
-                             squad_path=cfg.eval.squad_path, hotpotqa_path=cfg.eval.hotpotqa_path)
-    result = run_ruler(str(model_dir), None, settings, cfg.run_dir / "ruler")
+    result = run_ruler(str(model_dir), None, ruler_settings(cfg), cfg.run_dir / "ruler")
     log_ruler_to_mlflow(result)
     return {"overall": result.overall, "averages": result.averages, "covered_tasks": list(result.covered_tasks),
             "skipped": dict(result.skipped), "files": {k: str(v) for k, v in result.files.items()}}

@@ -110,3 +110,10 @@ def test_cli_prints_one_line_error(capsys):
     assert extend.main(["--set", "train.max_stepz=3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("config error: unknown config key train.'max_stepz'") and "Traceback" not in err
+
+
+def test_eval_settings_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="niah_single_9"):
+        preflight(load_config(None, ["eval.tasks=[niah_single_9]"]))
+    with pytest.raises(ConfigError, match="eval.essay_path=.* does not exist"):
+        preflight(load_config(None, [f"eval.essay_path={tmp_path / 'essays'}"]))
