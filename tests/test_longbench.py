@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from eval_fixtures import one_thread, tiny_dir, tiny_tokenizer  # noqa: F401
 
 from endprompt_ray.demo_corpus import generate_documents
 from endprompt_ray.eval.errors import EvalInputError

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_fixtures import demo_files, one_thread, tiny_dir, tiny_tokenizer  # noqa: F401
 
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.ruler import RulerSettings, log_ruler_to_mlflow, run_ruler

@@ -4,7 +4,6 @@ is optimal, seeded and reproducible; bad data gives one clear error."""
 import json
 
 import pytest
-from eval_fixtures import demo_files, sources, tiny_tokenizer  # noqa: F401
 
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.ruler import ALL_TASKS, TASKS, generate_samples

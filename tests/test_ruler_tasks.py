@@ -4,7 +4,6 @@ import re
 from collections import Counter
 
 import pytest
-from eval_fixtures import demo_files, sources, tiny_tokenizer  # noqa: F401
 
 from endprompt_ray.eval.ruler import ALL_TASKS, generate_samples
 from endprompt_ray.eval.ruler import tasks as T
