@@ -118,6 +118,11 @@ class ExtendConfig:
         return Path(self.run.output_dir).expanduser().resolve() / self.run.name
 
     @property
+    def train_steps(self) -> int:
+        """Optimizer steps to run: rope_only scales RoPE and exports without training."""
+        return 0 if self.method.kind == "rope_only" else self.train.max_steps
+
+    @property
     def storage_path(self) -> str:
         if self.run.storage_path:
             path = self.run.storage_path

@@ -127,7 +127,31 @@ def summarise(spec: SweepSpec, results, output_dir: Path) -> tuple[str, Path]:
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in shown} if rows else {}
     lines = ["  ".join(c.ljust(widths[c]) for c in shown)]
     lines += ["  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in shown) for r in rows]
+    plot_trials(rows, spec, output_dir / f"{spec.name}-{spec.metric}.png")
     return "\n".join(lines), path
+
+
+def plot_trials(rows: list[dict], spec: SweepSpec, path: Path) -> Path | None:
+    """One bar per finished trial, labelled by its swept values, best first."""
+    scored = [r for r in rows if r.get(spec.metric) is not None]
+    if not scored:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = ["\n".join(f"{k.removeprefix('config/')}={v}" for k, v in r.items() if k.startswith("config/"))
+              for r in scored]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(scored)), 4.0))
+    ax.bar(range(len(scored)), [r[spec.metric] for r in scored], color="tab:blue")
+    ax.set_xticks(range(len(scored)), labels, fontsize=7)
+    ax.set_ylabel(spec.metric)
+    ax.set_title(f"{spec.name}: {spec.metric} per trial ({spec.mode} is better)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _fmt(value) -> str:

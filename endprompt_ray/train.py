@@ -132,14 +132,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
                               metadata={"config": cfg.to_dict(), "steps": step})
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
-    shard = ray.train.get_dataset_shard("train") if step < t.max_steps else None
+    max_steps = cfg.train_steps
+    shard = ray.train.get_dataset_shard("train") if step < max_steps else None
     batches = _batches(shard, t.micro_batch_size, device) if shard is not None else iter(())
-    bar = tqdm(total=t.max_steps, desc=f"train {cfg.run.name}", position=0) if rank == 0 else None
+    bar = tqdm(total=max_steps, desc=f"train {cfg.run.name}", position=0) if rank == 0 else None
     if bar is not None and step:
         bar.update(step)
     metrics: dict = {"step": step}
     engine.train()
-    while step < t.max_steps:
+    while step < max_steps:
         started, losses, tokens, epoch = time.perf_counter(), [], 0, 0
         for _ in range(t.gradient_accumulation_steps):
             epoch, batch = next(batches)
@@ -156,7 +157,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "peak_memory_mb": _peak_memory_mb(device)}
         if bar is not None:
             bar.update(1)
-        if step == t.max_steps:
+        if step == max_steps:
             break  # the final report below carries these metrics
         if step % t.checkpoint_every == 0:
             report(metrics)

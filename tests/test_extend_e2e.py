@@ -63,3 +63,20 @@ def test_zero3_trains_and_exports_gathered_weights(local_ray, tmp_path):
     _check_export(result.model_dir)
     exported = AutoModelForCausalLM.from_pretrained(result.model_dir)
     assert all(p.numel() > 0 for p in exported.parameters())  # ZeRO-3 shards were gathered, not saved empty
+
+
+def test_baselines_run_through_the_same_pipeline(local_ray, tmp_path):
+    """rope_only exports the untouched weights with scaled RoPE; PoSE trains through the same trainer."""
+    rope_only = run_extend(_cfg(tmp_path, "rope-only", "method.kind=rope_only"))
+    assert rope_only.final_metrics["step"] == 0 and not _history(rope_only)
+    _check_export(rope_only.model_dir)
+    from endprompt_ray.modeling import load_model
+
+    original = load_model("tiny").state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(rope_only.model_dir).state_dict()
+    for name, tensor in original.items():  # 16-bit export of the original weights
+        torch.testing.assert_close(exported[name].float(), tensor.to(torch.bfloat16).float())
+
+    pose = run_extend(_cfg(tmp_path, "pose", "method.kind=pose", "train.max_steps=2", "train.checkpoint_every=2"))
+    assert [s for s, _ in _history(pose)] == [1, 2]
+    _check_export(pose.model_dir)

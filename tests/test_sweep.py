@@ -43,6 +43,7 @@ def test_tiny_sweep_runs_two_trials_with_ruler(local_ray, tmp_path, capsys):
     csv_path = tmp_path / "sweeps" / "anchor-sweep-tiny-results.csv"
     rows = csv_path.read_text().strip().splitlines()
     assert len(rows) == 3 and "config/method.anchor_offset" in rows[0]
+    assert (tmp_path / "sweeps" / "anchor-sweep-tiny-ruler_avg.png").stat().st_size > 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("endprompt-ray")
     runs = client.search_runs([experiment.experiment_id], "tags.`endprompt.sweep` = 'anchor-sweep-tiny'")

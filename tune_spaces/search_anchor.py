@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(spec.base_config, spec.overrides)
     table, csv_path = summarise(spec, results, Path(base.run.output_dir) / "sweeps")
     print(f"\nsweep '{spec.name}': {len(results)} trials, best first by {spec.metric} ({spec.mode})\n{table}")
-    print(f"\nresults: {csv_path}\nMLflow: {base.tracking_uri} (one run per trial, tag endprompt.sweep={spec.name})")
+    print(f"\nresults: {csv_path} (plot beside it)\nMLflow: {base.tracking_uri} (one run per trial, tag endprompt.sweep={spec.name})")
     return 1 if results.errors else 0
 
 
