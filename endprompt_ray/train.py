@@ -58,8 +58,9 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _batches(shard, micro_batch_size: int, device):
-    """Endless stream of micro-batches, epoch after epoch; fails loudly if an epoch yields nothing."""
+def _batches(shard, micro_batch_size: int, device, skip: int = 0):
+    """Endless stream of micro-batches, epoch after epoch, after dropping the first `skip` (those a resumed run has
+    already trained on: the stream is deterministic for a fixed worker count). Fails loudly if an epoch is empty."""
     import torch
 
     epoch = 0
@@ -68,6 +69,9 @@ def _batches(shard, micro_batch_size: int, device):
         for batch in shard.iter_torch_batches(batch_size=micro_batch_size, dtypes=torch.long, device=device,
                                               drop_last=True):
             produced += 1
+            if skip:
+                skip -= 1
+                continue
             yield epoch, batch
         if produced == 0:
             raise RuntimeError("the training dataset produced no full micro-batch: the corpus is empty after "
@@ -134,7 +138,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     max_steps = cfg.train_steps
     shard = ray.train.get_dataset_shard("train") if step < max_steps else None
-    batches = _batches(shard, t.micro_batch_size, device) if shard is not None else iter(())
+    consumed = step * t.gradient_accumulation_steps
+    batches = _batches(shard, t.micro_batch_size, device, skip=consumed) if shard is not None else iter(())
     bar = tqdm(total=max_steps, desc=f"train {cfg.run.name}", position=0) if rank == 0 else None
     if bar is not None and step:
         bar.update(step)

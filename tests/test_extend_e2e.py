@@ -54,6 +54,13 @@ def test_zero2_trains_checkpoints_resumes_and_exports(local_ray, tmp_path):
     for key in ("train/tokens_per_s", "train/step_time_s", "train/peak_memory_mb", "train/learning_rate"):
         assert len(_history(resumed, key)) == 6
 
+    # Resuming restores weights, optimizer, schedule and the data position: steps 5 and 6 match an uninterrupted run.
+    straight = run_extend(_cfg(tmp_path, "z2-straight", "train.max_steps=6", "train.checkpoint_every=6"))
+    resumed_tail, straight_tail = _history(resumed)[4:], _history(straight)[4:]
+    assert [s for s, _ in straight_tail] == [5, 6]
+    for (_, got), (_, want) in zip(resumed_tail, straight_tail):
+        assert got == pytest.approx(want, rel=1e-4)
+
 
 def test_zero3_trains_and_exports_gathered_weights(local_ray, tmp_path):
     result = run_extend(_cfg(tmp_path, "z3", "train.max_steps=5", "train.checkpoint_every=5",
