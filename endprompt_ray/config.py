@@ -13,10 +13,11 @@ import yaml
 
 from .anchoring import METHODS
 from .modeling import TinySpec
-from .rope import ROPE_TYPES, RopeScaling
+from .rope import RopeScaling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPT = "This is the end of text, please pay attention here"
+MethodKind = Literal[METHODS + ("rope_only",)]  # rope_only: scale RoPE, export without training
 
 
 class ConfigError(ValueError):
@@ -40,7 +41,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    kind: Literal["endprompt", "contiguous", "full_length", "pose", "rope_only"] = "endprompt"
+    kind: MethodKind = "endprompt"
     physical_length: int = 256  # P
     target_length: int = 2048  # L
     prompt_source: Literal["template", "tail"] = "template"
@@ -123,11 +124,15 @@ class ExtendConfig:
         return 0 if self.method.kind == "rope_only" else self.train.max_steps
 
     @property
+    def max_workers(self) -> int:
+        workers = self.train.num_workers
+        return workers[1] if isinstance(workers, list) else workers
+
+    @property
     def storage_path(self) -> str:
         if self.run.storage_path:
-            path = self.run.storage_path
-            return path if "://" in path else str(Path(path).expanduser().resolve())
-        return str(Path(self.run.output_dir).expanduser().resolve() / "ray_results")
+            return _absolute(self.run.storage_path)
+        return str(Path(_absolute(self.run.output_dir)) / "ray_results")
 
     @property
     def tracking_uri(self) -> str:
@@ -159,10 +164,6 @@ class ExtendConfig:
     # ---- validation ------------------------------------------------------------------------------------------------
     def validate(self) -> "ExtendConfig":
         m, t = self.method, self.train
-        if m.kind not in METHODS + ("rope_only",):
-            raise ConfigError(f"method.kind={m.kind!r} is not one of {METHODS + ('rope_only',)}")
-        if self.rope.type not in ROPE_TYPES:
-            raise ConfigError(f"rope.type={self.rope.type!r} is not one of {ROPE_TYPES}")
         if m.physical_length < 2 or m.target_length < 2:
             raise ConfigError("method.physical_length and method.target_length must be at least 2")
         if m.kind != "full_length" and m.target_length <= m.physical_length:

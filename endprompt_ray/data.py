@@ -19,7 +19,6 @@ import ray
 from .anchoring import AnchorSpec, build_samples
 from .config import ConfigError, DataConfig, ExtendConfig
 from .demo_corpus import generate_documents
-from .modeling import TinySpec, load_tokenizer
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
                   ".txt": "text", ".text": "text", ".md": "text"}
@@ -161,11 +160,10 @@ def extract_texts(records, fmt: str, text_field: str) -> tuple[list[str], Counte
 # ---- the two transforms ------------------------------------------------------------------------------------------------
 
 class Tokenize:
-    """Actor-pool UDF: each actor loads the tokenizer once."""
+    """Actor-pool UDF: each actor receives the driver's tokenizer once (no model download on data nodes)."""
 
-    def __init__(self, model_name: str, tiny: dict, fmt: str, text_field: str, stats) -> None:
-        self.tokenizer = load_tokenizer(model_name, TinySpec(**tiny))
-        self.fmt, self.text_field, self.stats = fmt, text_field, stats
+    def __init__(self, tokenizer, fmt: str, text_field: str, stats) -> None:
+        self.tokenizer, self.fmt, self.text_field, self.stats = tokenizer, fmt, text_field, stats
 
     def __call__(self, batch: dict) -> pa.Table:
         records = list(batch[RECORD])
@@ -176,18 +174,13 @@ class Tokenize:
         return pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int32()))})
 
 
-class Anchor:
-    """Batch transform: token lists -> {input_ids, position_ids, labels} of one fixed length."""
-
-    def __init__(self, spec: AnchorSpec, stats) -> None:
-        self.spec, self.stats = spec, stats
-
-    def __call__(self, batch: dict) -> dict:
-        docs = list(batch["input_ids"])
-        samples, counts = build_samples(docs, self.spec)
-        counts = {k: v for k, v in counts.items() if k != "documents"}
-        ray.get(self.stats.add.remote("anchor", _fingerprint(docs), counts))
-        return samples
+def anchor_batch(batch: dict, spec: AnchorSpec, stats) -> dict:
+    """Stateless batch transform (runs as parallel tasks): token lists -> {input_ids, position_ids, labels}."""
+    docs = list(batch["input_ids"])
+    samples, counts = build_samples(docs, spec)
+    counts = {k: v for k, v in counts.items() if k != "documents"}
+    ray.get(stats.add.remote("anchor", _fingerprint(docs), counts))
+    return samples
 
 
 def anchor_spec(cfg: ExtendConfig, tokenizer) -> AnchorSpec:
@@ -213,8 +206,7 @@ def build_dataset(cfg: ExtendConfig, tokenizer):
         Tokenize, batch_size=cfg.data.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenizer_actors),
         num_cpus=cfg.data.cpus_per_task,
-        fn_constructor_args=(cfg.model.name_or_path, cfg.model.tiny.__dict__, fmt, cfg.data.text_field, stats))
-    samples = tokens.map_batches(Anchor, batch_size=cfg.data.batch_size, batch_format="numpy",
-                                 compute=ray.data.ActorPoolStrategy(size=1),
-                                 num_cpus=cfg.data.cpus_per_task, fn_constructor_args=(spec, stats))
+        fn_constructor_args=(tokenizer, fmt, cfg.data.text_field, stats))
+    samples = tokens.map_batches(anchor_batch, batch_size=cfg.data.batch_size, batch_format="numpy",
+                                 num_cpus=cfg.data.cpus_per_task, fn_kwargs={"spec": spec, "stats": stats})
     return samples, stats

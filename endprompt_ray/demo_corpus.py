@@ -6,8 +6,6 @@ document, so a tiny model has something learnable and long documents have conten
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 
@@ -43,12 +41,3 @@ def generate_documents(num_documents: int, seed: int = 0, mean_sentences: int = 
     lengths = np.maximum(1, rng.lognormal(np.log(mean_sentences), 0.6, size=num_documents).astype(int))
     return [make_document(rng, int(n)) for n in lengths]
 
-
-def write_demo_corpus(path: str | Path, num_documents: int = 400, seed: int = 0) -> Path:
-    """Write the demo corpus as JSON lines ({"text": ...}); returns the path. Idempotent for the same arguments."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for text in generate_documents(num_documents, seed):
-            f.write(json.dumps({"text": text}) + "\n")
-    return path

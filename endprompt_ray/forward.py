@@ -26,8 +26,3 @@ def training_forward(model, batch: dict[str, torch.Tensor], attn_implementation:
     return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
                  use_cache=False, **attention_kwargs(batch["input_ids"], attn_implementation))
 
-
-def per_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy per position ([batch, length-1]; ignored labels give 0)."""
-    return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:],
-                                             ignore_index=-100, reduction="none")

@@ -51,7 +51,7 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tiny)
     preflight(cfg)
     dataset, stats = build_dataset(cfg, tokenizer)
-    run_id = tracking.start_run(cfg, deepspeed_config(cfg, _max_workers(cfg)), tags=mlflow_tags)
+    run_id = tracking.start_run(cfg, deepspeed_config(cfg, cfg.max_workers), tags=mlflow_tags)
     try:
         trainer = make_trainer(cfg, dataset, callbacks=[tracking.MlflowTrainCallback(cfg.tracking_uri, run_id)])
         result = trainer.fit()
@@ -83,11 +83,6 @@ def preflight(cfg: ExtendConfig) -> None:
     if cfg.model.attn_implementation.startswith("flash_attention") and not cfg.train.use_gpu:
         raise ConfigError("model.attn_implementation=flash_attention_2 needs GPUs: set train.use_gpu=true "
                           "or use model.attn_implementation=sdpa")
-
-
-def _max_workers(cfg: ExtendConfig) -> int:
-    workers = cfg.train.num_workers
-    return workers[1] if isinstance(workers, list) else workers
 
 
 def ruler_settings(cfg: ExtendConfig):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
-ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3", "none")
+RopeType = Literal["linear", "dynamic", "yarn", "llama3", "none"]
+ROPE_TYPES = typing.get_args(RopeType)
 
 
 class RopeError(ValueError):
@@ -16,7 +18,7 @@ class RopeError(ValueError):
 
 @dataclass(frozen=True)
 class RopeScaling:
-    type: Literal["linear", "dynamic", "yarn", "llama3", "none"] = "linear"
+    type: RopeType = "linear"
     factor: float | None = None  # None: target_length / original window
     round_up: bool = True  # reference behaviour: ceil(65536 / 8192) = 8
     original_max_position_embeddings: int | None = None  # None: the model's max_position_embeddings

@@ -92,15 +92,14 @@ def make_trial_fn(spec: SweepSpec):
     return run_trial
 
 
-def run_sweep(spec: SweepSpec, storage_path: str | None = None):
-    """Run every trial; returns the ResultGrid."""
-    base = load_config(spec.base_config, spec.overrides)
+def run_sweep(spec: SweepSpec, storage_path: str):
+    """Run every trial; returns the ResultGrid. `storage_path`: where Tune keeps trial state (local or s3://)."""
     tuner = tune.Tuner(
         tune.with_resources(make_trial_fn(spec), {"CPU": spec.trial_driver_cpus}),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
                                     max_concurrent_trials=spec.max_concurrent_trials),
-        run_config=tune.RunConfig(name=spec.name, storage_path=storage_path or base.storage_path),
+        run_config=tune.RunConfig(name=spec.name, storage_path=storage_path),
     )
     return tuner.fit()
 

@@ -18,17 +18,21 @@ RUN_NAME_TAG = "endprompt.run_name"
 TRAIN_METRICS = ("loss", "learning_rate", "tokens_per_s", "step_time_s", "peak_memory_mb", "epoch")
 
 
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The named experiment's id, created if missing. Explicit ids rather than mlflow.set_experiment, which would
+    leave a process-wide active experiment behind."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
 def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dict | None = None) -> str:
     """Open (or reopen, for a resumed run name) the MLflow run and log params and config artifacts."""
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient()
-    # explicit ids rather than mlflow.set_experiment, which would leave a process-wide active experiment behind
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
-    existing = client.search_runs([experiment_id],
-                                          filter_string=f"tags.`{RUN_NAME_TAG}` = '{cfg.run.name}'",
-                                          max_results=1, order_by=["attributes.start_time DESC"])
-    run = mlflow.start_run(run_id=existing[0].info.run_id if existing else None, experiment_id=experiment_id,
+    experiment = experiment_id(client, cfg.tracking.experiment)
+    existing = client.search_runs([experiment], filter_string=f"tags.`{RUN_NAME_TAG}` = '{cfg.run.name}'",
+                                  max_results=1, order_by=["attributes.start_time DESC"])
+    run = mlflow.start_run(run_id=existing[0].info.run_id if existing else None, experiment_id=experiment,
                            run_name=None if existing else cfg.run.name,
                            tags={RUN_NAME_TAG: cfg.run.name, **(tags or {})})
     if not existing:

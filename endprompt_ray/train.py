@@ -131,8 +131,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": step}))
             if final:
-                save_hf_model(engine, load_tokenizer(cfg.model.name_or_path, cfg.model.tiny),
-                              Path(tmp) / EXPORT_SUBDIR, is_writer=rank == 0, zero3=zero3,
+                tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tiny) if rank == 0 else None
+                save_hf_model(engine, tokenizer, Path(tmp) / EXPORT_SUBDIR, is_writer=rank == 0, zero3=zero3,
                               metadata={"config": cfg.to_dict(), "steps": step})
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 

@@ -93,12 +93,11 @@ def _log(args: argparse.Namespace, path: str, lengths: list[int], results: dict)
 
     from endprompt_ray.eval.longbench import log_longbench_to_mlflow
     from endprompt_ray.eval.ruler import log_ruler_to_mlflow
+    from endprompt_ray.tracking import experiment_id
 
     mlflow.set_tracking_uri(args.mlflow_uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(args.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(args.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=args.run_name):
+    experiment = experiment_id(mlflow.MlflowClient(), args.experiment)
+    with mlflow.start_run(experiment_id=experiment, run_name=args.run_name):
         mlflow.log_params({"model": path, "lengths": ",".join(map(str, lengths)),
                            "tasks": ",".join(args.tasks) if args.tasks else "all", "samples": args.samples,
                            "seed": args.seed})

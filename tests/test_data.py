@@ -10,7 +10,6 @@ import pytest
 from endprompt_ray.config import load_config
 from endprompt_ray.data import build_dataset, data_report
 from endprompt_ray.demo_corpus import generate_documents
-from endprompt_ray.modeling import load_tokenizer
 
 P, L = 64, 1024
 
@@ -19,11 +18,6 @@ def _cfg(paths, **extra):
     overrides = [f"method.physical_length={P}", f"method.target_length={L}", "data.batch_size=8",
                  f"data.paths={json.dumps([str(p) for p in paths])}"]
     return load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("tiny")
 
 
 @pytest.fixture()
@@ -37,7 +31,8 @@ def jsonl_corpus(tmp_path):
     return path, docs
 
 
-def test_malformed_rows_counted_and_samples_correct(local_ray, jsonl_corpus, tokenizer):
+def test_malformed_rows_counted_and_samples_correct(local_ray, jsonl_corpus, tiny_tokenizer):
+    tokenizer = tiny_tokenizer
     path, docs = jsonl_corpus
     cfg = _cfg([path], **{"method.short_docs": "skip"})
     dataset, stats = build_dataset(cfg, tokenizer)
@@ -64,7 +59,7 @@ def test_malformed_rows_counted_and_samples_correct(local_ray, jsonl_corpus, tok
         np.testing.assert_array_equal(a["input_ids"], b_row["input_ids"])
 
 
-def test_every_format_reads_the_same_documents(local_ray, tmp_path, tokenizer):
+def test_every_format_reads_the_same_documents(local_ray, tmp_path, tiny_tokenizer):
     docs = generate_documents(6, seed=5)
     (tmp_path / "txt").mkdir()
     for i, d in enumerate(docs):
@@ -76,7 +71,7 @@ def test_every_format_reads_the_same_documents(local_ray, tmp_path, tokenizer):
     cases = [([tmp_path / "txt"], {}), ([tmp_path / "c.parquet"], {"data.text_field": "content"}),
              ([tmp_path / "hf"], {})]
     for paths, extra in cases:
-        dataset, stats = build_dataset(_cfg(paths, **extra), tokenizer)
+        dataset, stats = build_dataset(_cfg(paths, **extra), tiny_tokenizer)
         dataset.take_all()
         report = data_report(stats)
         assert report["documents"] == 6, (paths, report)

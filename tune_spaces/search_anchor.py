@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_logs()
     connect_ray()
-    results = run_sweep(spec)
     base = load_config(spec.base_config, spec.overrides)
+    results = run_sweep(spec, base.storage_path)
     table, csv_path = summarise(spec, results, Path(base.run.output_dir) / "sweeps")
     print(f"\nsweep '{spec.name}': {len(results)} trials, best first by {spec.metric} ({spec.mode})\n{table}")
     print(f"\nresults: {csv_path} (plot beside it)\nMLflow: {base.tracking_uri} (one run per trial, tag endprompt.sweep={spec.name})")
