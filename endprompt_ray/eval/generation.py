@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from .errors import EvalInputError
@@ -17,24 +18,36 @@ def pick_device(model):
     return device
 
 
-def load_model_and_tokenizer(model, tokenizer=None, dtype=None):
-    """`model` is a loaded model or a model directory; returns (model, tokenizer) ready for inference."""
-    from ..modeling import ModelLoadError, load_model, load_tokenizer
+def is_model_path(model) -> bool:
+    """True for a model directory (str, bytes or os.PathLike), False for a loaded model object."""
+    return isinstance(model, (str, bytes, os.PathLike))
 
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        path = str(model)
-        try:
-            tokenizer = tokenizer or load_tokenizer(path)
-        except ModelLoadError as err:
-            raise EvalInputError(str(err)) from err
-        if dtype is None:
-            import torch
 
-            dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-        model = load_model(path, dtype=dtype)
-    elif tokenizer is None:
+def resolve_tokenizer(model, tokenizer=None):
+    """`tokenizer` if given, else the one saved in the model directory; an in-memory model must come with its own."""
+    if tokenizer is not None:
+        return tokenizer
+    if not is_model_path(model):
         raise EvalInputError("an in-memory model needs its tokenizer: pass tokenizer=..., or pass the model directory "
                              "(config.json + weights + tokenizer files) instead of the model object")
+    from ..modeling import ModelLoadError, load_tokenizer
+
+    try:
+        return load_tokenizer(os.fsdecode(model))
+    except ModelLoadError as err:
+        raise EvalInputError(str(err)) from err
+
+
+def load_model_and_tokenizer(model, tokenizer=None):
+    """`model` is a loaded model or a model directory; returns (model, tokenizer) ready for inference."""
+    tokenizer = resolve_tokenizer(model, tokenizer)
+    if is_model_path(model):
+        import torch
+
+        from ..modeling import load_model
+
+        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        model = load_model(os.fsdecode(model), dtype=dtype)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
         raise EvalInputError("the tokenizer has neither a pad nor an eos token; batched generation needs one of them")
     model.eval()

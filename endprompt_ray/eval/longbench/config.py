@@ -82,5 +82,4 @@ CATEGORIES = MappingProxyType({
 
 DATASETS: tuple[str, ...] = tuple(PROMPTS)
 FIRST_LINE_ONLY = frozenset({"trec", "triviaqa", "samsum"})  # scored on the first line of the prediction
-NO_CHAT_TEMPLATE = frozenset({"trec", "triviaqa", "samsum", "lcc", "repobench-p"})  # few-shot/code: raw prompt
 STOP_AT_NEWLINE = frozenset({"samsum"})  # generation also stops at a newline (the model would loop on "Dialogue")

@@ -14,10 +14,12 @@ from typing import Sequence
 
 from .config import FIRST_LINE_ONLY, METRIC
 
+_PUNCTUATION = frozenset(string.punctuation)
+
 
 def normalize_answer(s: str) -> str:
     """Lower-case, drop punctuation and articles (a/an/the), collapse whitespace."""
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
 

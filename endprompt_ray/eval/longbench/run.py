@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import EvalInputError
 from ..generation import greedy_generate, load_model_and_tokenizer
+from ..io import iter_jsonl, write_jsonl
 from .config import CATEGORIES, DATASETS, MAX_NEW_TOKENS, PROMPTS, STOP_AT_NEWLINE
 from .metrics import score_dataset
 
@@ -50,21 +51,14 @@ def data_folder(path: str | Path) -> Path:
 def load_rows(path: Path, limit: int | None = None) -> list[dict]:
     """JSONL rows with context/input/answers; a malformed line is an error naming the file and line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalInputError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
-            if missing or not isinstance(row["answers"], list):
-                raise EvalInputError(f"{path}:{lineno}: a LongBench row needs {', '.join(REQUIRED)} (answers a list); "
-                                     f"missing or malformed: {', '.join(missing) or 'answers'}")
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
+    for lineno, row in iter_jsonl(path):
+        missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
+        if missing or not isinstance(row["answers"], list):
+            raise EvalInputError(f"{path}:{lineno}: a LongBench row needs {', '.join(REQUIRED)} (answers a list); "
+                                 f"missing or malformed: {', '.join(missing) or 'answers'}")
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
     return rows
 
 
@@ -128,11 +122,10 @@ def run_longbench(model, tokenizer, settings: LongBenchSettings, output_dir: str
                                 desc=f"LongBench {dataset}", progress=settings.progress)
         scores[dataset], per_sample = score_dataset(dataset, preds, [r["answers"] for r in data],
                                                     [r.get("all_classes") for r in data])
-        with open(out / "predictions" / f"{dataset}.jsonl", "w", encoding="utf-8") as f:
-            for r, pred, s in zip(data, preds, per_sample):
-                f.write(json.dumps({"_id": r.get("_id"), "pred": pred, "answers": r["answers"], "score": s,
-                                    "all_classes": r.get("all_classes"), "length": r.get("length")},
-                                   ensure_ascii=False) + "\n")
+        write_jsonl(out / "predictions" / f"{dataset}.jsonl",
+                    ({"_id": r.get("_id"), "pred": pred, "answers": r["answers"], "score": s,
+                      "all_classes": r.get("all_classes"), "length": r.get("length")}
+                     for r, pred, s in zip(data, preds, per_sample)))
     covered = {c: [d for d in ds if d in scores] for c, ds in CATEGORIES.items()}
     covered = {c: ds for c, ds in covered.items() if ds}
     categories = {c: round(float(np.mean([scores[d] for d in ds])), 2) for c, ds in covered.items()}

@@ -5,14 +5,12 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from .fitting import Draft, prefix_sums
+from .fitting import Draft, prefix_sums, size_rng, split_template
 from .tasks import CWE_ANSWER_PREFIX, CWE_SHORT_CONTEXT, CWE_TEMPLATE, TaskSpec
 from .words import common_word_pool, random_word
 
 if TYPE_CHECKING:
     from .sources import BuildContext
-
-_SLOT = "\x00"
 
 
 def numbered(words: list[str]) -> str:
@@ -56,7 +54,7 @@ def cwe_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
     for _ in range(spec.params["num_fewshot"]):
         context, answer = word_list(rng.sample(common_word_pool(), ex_words), num_cw, ex_common, ex_uncommon, rng)
         shots.append(CWE_TEMPLATE.format(context=context) + CWE_ANSWER_PREFIX + " " + numbered(answer))
-    head, tail = CWE_TEMPLATE.format(context=_SLOT).split(_SLOT)
+    head, tail = split_template(CWE_TEMPLATE)
     head = "\n".join(shots) + "\n" + head
     tail += CWE_ANSWER_PREFIX
 
@@ -75,7 +73,7 @@ def cwe_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
         return int(numbers_cum[min(entries(n), max_entries)] + common + n_uncommon * (words_cum[n] - words_cum[num_cw]))
 
     def render(n: int) -> tuple[str, dict]:
-        context, common = word_list(order[:n], num_cw, n_common, n_uncommon, random.Random(ctx.seed * 1_000_003 + n))
+        context, common = word_list(order[:n], num_cw, n_common, n_uncommon, size_rng(ctx.seed, n))
         return head + context + tail, {"answers": common}
 
     return Draft(render, estimate, n_min=num_cw + 1, n_max=n_max)

@@ -8,6 +8,7 @@ real tokenisation and corrects if tokenisation across unit boundaries made it di
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -16,6 +17,20 @@ import numpy as np
 from ..errors import EvalInputError
 
 _ANCHOR = "x"  # pieces are measured after this prefix so their leading space/newline tokenises as in running text
+_SLOT = "\x00"  # stands in for the context while the rest of a template is formatted once
+_ESTIMATE_ROUNDS = 4  # estimate-guided guesses in `fit` before real bisection takes over
+_POOL_CHUNK = 64  # units `sized_pool` materialises at a time
+
+
+def size_rng(seed: int, n: int) -> random.Random:
+    """The RNG for a haystack of n units (placement, shuffles)."""
+    return random.Random(seed * 1_000_003 + n)  # depends on n, not on the order in which `fit` probes sizes
+
+
+def split_template(template: str, **fields) -> tuple[str, str]:
+    """(head, tail) of `template` around its {context}, with the other fields filled in."""
+    head, tail = template.format(context=_SLOT, **fields).split(_SLOT)
+    return head, tail
 
 
 class TokenCounter:
@@ -94,7 +109,7 @@ def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int:
     return lo
 
 
-def fit(draft: Draft, counter: TokenCounter, budget: int, target: int | None = None, rounds: int = 4) -> Fitted:
+def fit(draft: Draft, counter: TokenCounter, budget: int, target: int | None = None) -> Fitted:
     """The largest haystack whose prompt has at most `budget` tokens; stops early once it reaches `target` tokens."""
     target = budget if target is None else min(target, budget)
     measured: dict[int, tuple[str, dict, int]] = {}
@@ -108,7 +123,7 @@ def fit(draft: Draft, counter: TokenCounter, budget: int, target: int | None = N
         raise TooShort(measured[draft.n_min][2], budget)
     best, fail = draft.n_min, draft.n_max + 1
     n = draft.n_min
-    for _ in range(rounds):
+    for _ in range(_ESTIMATE_ROUNDS):
         offset = measured[n][2] - draft.estimate(n)
         n = _largest(lambda m: draft.estimate(m) + offset <= budget, best, fail - 1)
         if n in measured:
@@ -131,13 +146,13 @@ def fit(draft: Draft, counter: TokenCounter, budget: int, target: int | None = N
 
 
 def sized_pool(make: Callable[[int, int], list[str]], counter: TokenCounter, budget: int, limit: int | None = None,
-               chunk: int = 64, cache: bool = True) -> tuple[list[str], np.ndarray]:
+               cache: bool = True) -> tuple[list[str], np.ndarray]:
     """Materialise haystack units chunk by chunk until they hold more than `budget` tokens (or `limit` units)."""
     units: list[str] = []
     counts: list[np.ndarray] = []
     total = 0
     while total <= budget and (limit is None or len(units) < limit):
-        stop = len(units) + chunk if limit is None else min(limit, len(units) + chunk)
+        stop = len(units) + _POOL_CHUNK if limit is None else min(limit, len(units) + _POOL_CHUNK)
         new = make(len(units), stop)
         if not new:
             break

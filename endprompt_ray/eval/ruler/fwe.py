@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 import string
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .fitting import Draft, TooShort
+from .fitting import Draft, TooShort, size_rng
 from .tasks import FWE_ANSWER_PREFIX, FWE_TEMPLATE, FWE_VOCAB_DIVISOR, FWE_WORD_LEN, TaskSpec
 from .words import unique_letters
 
@@ -23,17 +23,24 @@ def zeta(s: float, terms: int = 1000) -> float:
     return float(np.sum(k ** -s) + n ** (1 - s) / (s - 1) + 0.5 * n ** -s + s * n ** (-s - 1) / 12)
 
 
+def zipf_counts(vocab_size: int, alpha: float) -> Callable[[int], np.ndarray]:
+    """word_counts(., vocab_size, alpha) with k^-alpha and zeta(alpha) computed once, for repeated calls."""
+    weights = np.arange(1, vocab_size + 1, dtype=np.float64) ** -alpha
+    z = zeta(alpha)
+    return lambda num_words: (num_words * weights / z).astype(np.int64)
+
+
 def word_counts(num_words: int, vocab_size: int, alpha: float) -> np.ndarray:
     """Occurrences of the rank-k word: floor(num_words * k^-alpha / zeta(alpha))."""
-    k = np.arange(1, vocab_size + 1, dtype=np.float64)
-    return (num_words * k ** -alpha / zeta(alpha)).astype(np.int64)
+    return zipf_counts(vocab_size, alpha)(num_words)
 
 
 def min_words(vocab_size: int, alpha: float) -> int:
     """Fewest words for which ranks 2-5 have strictly falling counts, so the top three coded words are unambiguous."""
+    counts = zipf_counts(min(vocab_size, 5), alpha)
     n = 1
     while True:
-        c = word_counts(n, min(vocab_size, 5), alpha)
+        c = counts(n)
         if c[1] > c[2] > c[3] > c[4]:
             return n
         n += 1
@@ -51,11 +58,12 @@ def fwe_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
     tokens = ctx.counter.pieces([" " + w for w in vocab], cache=False)
     weights_sum = float(np.sum(np.arange(1, vocab_size + 1, dtype=np.float64) ** -alpha) / zeta(alpha))
     n_min = min_words(vocab_size, alpha)
+    counts = zipf_counts(vocab_size, alpha)
 
     def render(n: int) -> tuple[str, dict]:
-        words = [w for w, c in zip(vocab, word_counts(n, vocab_size, alpha)) for _ in range(c)]
-        random.Random(ctx.seed * 1_000_003 + n).shuffle(words)
+        words = [w for w, c in zip(vocab, counts(n)) for _ in range(c)]
+        size_rng(ctx.seed, n).shuffle(words)
         return FWE_TEMPLATE.format(context=" ".join(words)) + FWE_ANSWER_PREFIX, {"answers": vocab[1:4]}
 
-    return Draft(render, estimate=lambda n: int(word_counts(n, vocab_size, alpha) @ tokens), n_min=n_min,
+    return Draft(render, estimate=lambda n: int(counts(n) @ tokens), n_min=n_min,
                  n_max=int((ctx.budget + vocab_size) / weights_sum) + n_min)

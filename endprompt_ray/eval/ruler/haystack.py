@@ -7,7 +7,6 @@ published RULER numbers when that corpus is the same.
 
 from __future__ import annotations
 
-import json
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EvalInputError
+from ..io import iter_jsonl, read_json
 from .fitting import TokenCounter, prefix_sums
 from .tasks import NOISE
 
@@ -45,6 +45,14 @@ def noise_estimator(counter: TokenCounter):
     return lambda n: (n // k) * int(partial[k]) + int(partial[n % k])
 
 
+def noise_bounds(estimate, budget: int, inserted: int) -> tuple[int, int]:
+    """(n_min, n_max) noise sentences around `inserted` lines: a full noise line per inserted one at least, more
+    than `budget` tokens hold at most."""
+    k = len(NOISE_SENTENCES)
+    line_tokens = max(1, estimate(k))
+    return k * inserted, k * (budget // line_tokens + inserted + 2)
+
+
 @dataclass
 class Corpus:
     path: str
@@ -71,21 +79,14 @@ class Corpus:
 def _read_text(path: Path) -> str:
     if path.suffix == ".jsonl":
         texts = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise EvalInputError(f"{path}:{lineno}: expected a JSON object with a 'text' field "
-                                         f"({err})") from err
+        for lineno, row in iter_jsonl(path):
+            try:
+                texts.append(row["text"])
+            except (KeyError, TypeError) as err:
+                raise EvalInputError(f"{path}:{lineno}: expected a JSON object with a 'text' field ({err})") from err
         return "\n".join(texts)
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise EvalInputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+        data = read_json(path)
         if isinstance(data, dict) and isinstance(data.get("text"), str):
             return data["text"]
         if isinstance(data, list) and all(isinstance(x, str) for x in data):

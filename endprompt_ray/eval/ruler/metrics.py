@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
@@ -30,14 +30,24 @@ def sample_part(prediction: str, references: Sequence[str]) -> float:
 SAMPLE_METRICS = {"string_match_all": sample_all, "string_match_part": sample_part}
 
 
+def task_score(per_sample: Sequence[float]) -> float:
+    """Mean of the per-sample scores, x100, rounded to 2 decimals."""
+    return round(sum(per_sample) / len(per_sample) * 100, 2)
+
+
+def _averaged(sample_metric: Callable[[str, Sequence[str]], float], preds: Sequence[str],
+              refs: Sequence[Sequence[str]]) -> float:
+    return task_score([sample_metric(p, r) for p, r in zip(preds, refs)])
+
+
 def string_match_all(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
     """Mean over samples of the fraction of references found, x100, rounded to 2 decimals."""
-    return round(sum(sample_all(p, r) for p, r in zip(preds, refs)) / len(preds) * 100, 2)
+    return _averaged(sample_all, preds, refs)
 
 
 def string_match_part(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
     """Mean over samples of 1-if-any-reference-found, x100, rounded to 2 decimals (the QA tasks)."""
-    return round(sum(sample_part(p, r) for p, r in zip(preds, refs)) / len(preds) * 100, 2)
+    return _averaged(sample_part, preds, refs)
 
 
 METRICS = {"string_match_all": string_match_all, "string_match_part": string_match_part}

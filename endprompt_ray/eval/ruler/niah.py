@@ -5,15 +5,13 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from .fitting import Draft, prefix_sums, sized_pool
-from .haystack import NOISE_SENTENCES, noise_estimator, noise_lines
+from .fitting import Draft, prefix_sums, size_rng, sized_pool, split_template
+from .haystack import noise_bounds, noise_estimator, noise_lines
 from .tasks import DEPTHS, NEEDLE, NIAH_ANSWER_PREFIX, NIAH_TEMPLATE, TaskSpec
 from .words import random_value
 
 if TYPE_CHECKING:
     from .sources import BuildContext
-
-_SLOT = "\x00"  # stands in for the context while the rest of the template is formatted once
 
 
 def singular(text: str) -> str:
@@ -59,22 +57,19 @@ def niah_draft(spec: TaskSpec, ctx: BuildContext) -> Draft:
     template, prefix, noun = NIAH_TEMPLATE, NIAH_ANSWER_PREFIX, type_v
     if num_q * num_v == 1:
         template, prefix, noun = singular(template), singular(prefix), type_v[:-1]
-    head, tail = template.format(type_needle_v=noun, query=query, context=_SLOT).split(_SLOT)
+    head, tail = split_template(template, type_needle_v=noun, query=query)
     tail += prefix.format(type_needle_v=noun, query=query)
 
     def finish(context: str) -> tuple[str, dict]:
         depths = {v: round(100 * context.find(needle_of[v]) / max(1, len(context)), 2) for v in answers}
         return head + context + tail, {"answers": answers, "depths": depths}
 
-    def place_rng(n: int) -> random.Random:
-        return random.Random(ctx.seed * 1_000_003 + n)  # positions depend on n but not on the probing order
-
     if haystack == "noise":
         estimate = noise_estimator(ctx.counter)
-        line_tokens = max(1, estimate(len(NOISE_SENTENCES)))
-        return Draft(render=lambda n: finish("\n".join(_insert_at_random_lines(noise_lines(n), needles, place_rng(n)))),
-                     estimate=estimate, n_min=len(NOISE_SENTENCES) * len(needles),
-                     n_max=len(NOISE_SENTENCES) * (ctx.budget // line_tokens + len(needles) + 2))
+        n_min, n_max = noise_bounds(estimate, ctx.budget, len(needles))
+        return Draft(render=lambda n: finish("\n".join(_insert_at_random_lines(noise_lines(n), needles,
+                                                                               size_rng(ctx.seed, n)))),
+                     estimate=estimate, n_min=n_min, n_max=n_max)
 
     if haystack == "needle":
         pool_rng = random.Random(ctx.seed + 1)
@@ -84,11 +79,11 @@ def niah_draft(spec: TaskSpec, ctx: BuildContext) -> Draft:
             ctx.counter, ctx.budget, cache=False)
         cum = prefix_sums(counts)
         return Draft(render=lambda n: finish("\n".join(_insert_at_random_lines(distractors[:n], needles,
-                                                                               place_rng(n)))),
+                                                                               size_rng(ctx.seed, n)))),
                      estimate=lambda n: int(cum[n]), n_min=len(needles), n_max=len(distractors))
 
     corpus = ctx.sources.corpus()
     cum = corpus.word_prefix_sums(ctx.counter)
-    return Draft(render=lambda n: finish(_insert_at_depths(corpus.sentences(n), needles, place_rng(n))),
+    return Draft(render=lambda n: finish(_insert_at_depths(corpus.sentences(n), needles, size_rng(ctx.seed, n))),
                  estimate=lambda n: int(cum[n]), n_min=1, n_max=len(corpus.words),
                  exhausted=f"essay corpus {corpus.path} ({len(corpus.words)} words)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -10,13 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import EvalInputError
-from .fitting import Draft, prefix_sums, sized_pool
+from ..io import read_json
+from .fitting import Draft, prefix_sums, size_rng, sized_pool, split_template
 from .tasks import DOCUMENT_PROMPT, QA_ANSWER_PREFIX, QA_TEMPLATE, TaskSpec
 
 if TYPE_CHECKING:
     from .sources import BuildContext
 
-_SLOT = "\x00"
 FORMATS = {"squad": "SQuAD v2 dev JSON (data[].paragraphs[].context/qas[])",
            "hotpotqa": "HotpotQA dev-distractor JSON (a list of {question, answer, context: [[title, sentences]]})"}
 
@@ -64,10 +63,7 @@ def _read_hotpotqa(data) -> tuple[list[Question], list[str]]:
 
 @lru_cache(maxsize=4)
 def _load(dataset: str, path: str, mtime: float) -> QAData:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise EvalInputError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); expected {FORMATS[dataset]}") from err
+    data = read_json(path, expected=FORMATS[dataset])
     try:
         questions, docs = (_read_squad if dataset == "squad" else _read_hotpotqa)(data)
     except (KeyError, TypeError, ValueError) as err:
@@ -99,12 +95,12 @@ def qa_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
                                ctx.budget, limit=len(order))
     header = int(ctx.counter.pieces([DOCUMENT_PROMPT.format(i=10, document="")])[0])
     cum = prefix_sums(counts + header)
-    head, tail = QA_TEMPLATE.format(context=_SLOT, query=question.query).split(_SLOT)
+    head, tail = split_template(QA_TEMPLATE, query=question.query)
     tail += QA_ANSWER_PREFIX
 
     def render(n: int) -> tuple[str, dict]:
         chosen = order[:n]
-        random.Random(ctx.seed * 1_000_003 + n).shuffle(chosen)
+        size_rng(ctx.seed, n).shuffle(chosen)
         context = "\n\n".join(DOCUMENT_PROMPT.format(i=i + 1, document=data.docs[j]) for i, j in enumerate(chosen))
         return head + context + tail, {"answers": list(question.outputs)}
 

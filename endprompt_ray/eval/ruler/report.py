@@ -10,8 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..io import write_jsonl
 from . import plots
-from .metrics import METRICS, SAMPLE_METRICS, postprocess_pred
+from .metrics import SAMPLE_METRICS, postprocess_pred, task_score
 from .samples import MIN_FILL, Sample
 from .tasks import ALL_TASKS, get_task
 
@@ -35,16 +36,16 @@ class RulerResult:
 
 
 def score_samples(samples: Sequence[Sample], raw_predictions: Sequence[str]) -> tuple[float, list[dict]]:
-    """The task score (the reference metric over the set) and one record per sample."""
-    metric = get_task(samples[0].task).metric
-    preds = [postprocess_pred(p) for p in raw_predictions]
-    score = METRICS[metric](preds, [s.answers for s in samples])
-    records = [{"task": s.task, "length": s.length, "index": s.index, "prompt_tokens": s.prompt_tokens,
-                "tokens_to_generate": s.tokens_to_generate, "fill": round(s.fill, 4), "answers": s.answers,
-                "pred": pred, "raw_pred": raw, "score": SAMPLE_METRICS[metric](pred, s.answers), "depths": s.depths,
-                "prompt_tail": s.prompt[-300:]}
-               for s, pred, raw in zip(samples, preds, raw_predictions)]
-    return score, records
+    """The task score (the reference metric: the mean per-sample score, as in METRICS) and one record per sample."""
+    sample_metric = SAMPLE_METRICS[get_task(samples[0].task).metric]
+    records = []
+    for s, raw in zip(samples, raw_predictions):
+        pred = postprocess_pred(raw)
+        records.append({"task": s.task, "length": s.length, "index": s.index, "prompt_tokens": s.prompt_tokens,
+                        "tokens_to_generate": s.tokens_to_generate, "fill": round(s.fill, 4), "answers": s.answers,
+                        "pred": pred, "raw_pred": raw, "score": sample_metric(pred, s.answers), "depths": s.depths,
+                        "prompt_tail": s.prompt[-300:]})
+    return task_score([r["score"] for r in records]), records
 
 
 def aggregate(task_scores: dict[tuple[str, int], float], skipped: dict[str, str], notes: list[str]) -> RulerResult:
@@ -89,9 +90,7 @@ def write_outputs(result: RulerResult, records: Sequence[dict], output_dir: str 
     files = {"predictions": out / "predictions.jsonl", "summary_csv": out / "summary.csv",
              "summary_json": out / "summary.json", "niah_heatmap": out / "niah_heatmap.png",
              "ruler_scores": out / "ruler_scores.png"}
-    with open(files["predictions"], "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_jsonl(files["predictions"], records)
     lengths = sorted(result.averages)
     with open(files["summary_csv"], "w", newline="") as f:
         w = csv.writer(f)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EvalInputError
-from ..generation import greedy_generate, load_model_and_tokenizer
+from ..generation import greedy_generate, is_model_path, load_model_and_tokenizer, resolve_tokenizer
 from . import report
 from .fitting import TokenCounter, TooShort
 from .samples import Sample, generate_samples, min_length
@@ -112,10 +113,10 @@ def _workers(settings: RulerSettings, model, jobs) -> int:
     """Ray actors for a model directory: one per local GPU when there are 2+, or one per cluster GPU when this
     process sees none but joined a Ray cluster that has some; otherwise 0 (generate in this process)."""
     if settings.workers is not None:
-        if settings.workers and not isinstance(model, (str, Path)):
+        if settings.workers and not is_model_path(model):
             raise EvalInputError("workers > 0 (Ray actors) needs a model directory, not an in-memory model")
         return settings.workers
-    if not isinstance(model, (str, Path)):
+    if not is_model_path(model):
         return 0
     import torch
 
@@ -135,16 +136,7 @@ def run_ruler(model, tokenizer, settings: RulerSettings, output_dir: str | Path)
     settings.validate()
     sources = Sources(settings.essay_path, settings.squad_path, settings.hotpotqa_path)
     tasks, skipped = _plan(settings, sources)
-    if isinstance(model, (str, Path)) and tokenizer is None:
-        from ...modeling import ModelLoadError, load_tokenizer
-
-        try:
-            tokenizer = load_tokenizer(str(model))
-        except ModelLoadError as err:
-            raise EvalInputError(str(err)) from err
-    if tokenizer is None:
-        raise EvalInputError("an in-memory model needs its tokenizer: pass tokenizer=..., or pass the model "
-                             "directory (config.json + weights + tokenizer files) instead of the model object")
+    tokenizer = resolve_tokenizer(model, tokenizer)
     jobs = build_jobs(tokenizer, settings, sources, tasks, skipped)
     if not jobs:
         raise EvalInputError("no RULER task can run with these settings: "
@@ -152,7 +144,7 @@ def run_ruler(model, tokenizer, settings: RulerSettings, output_dir: str | Path)
 
     workers = _workers(settings, model, jobs)
     if workers:
-        predictions = _predict_with_ray(str(model), jobs, settings, workers)
+        predictions = _predict_with_ray(os.fsdecode(model), jobs, settings, workers)
     else:
         model, tokenizer = load_model_and_tokenizer(model, tokenizer)
         predictions = [greedy_generate(model, tokenizer, [s.prompt for s in samples], samples[0].tokens_to_generate,

@@ -6,16 +6,14 @@ import random
 import re
 from typing import TYPE_CHECKING
 
-from .fitting import Draft, TooShort, fit
-from .haystack import NOISE_SENTENCES, noise_estimator, noise_lines
+from .fitting import Draft, TooShort, fit, size_rng, split_template
+from .haystack import noise_bounds, noise_estimator, noise_lines
 from .tasks import VT_ANSWER_PREFIX, VT_ICL_TOKENS, VT_ICL_VALUE, VT_TEMPLATE, TaskSpec
 from .words import random_letters, unique_letters
 
 if TYPE_CHECKING:
     from .fitting import TokenCounter
     from .sources import BuildContext
-
-_SLOT = "\x00"
 
 
 def make_chains(rng: random.Random, num_chains: int, num_hops: int, is_icl: bool) -> tuple[list[list[str]], list]:
@@ -38,13 +36,13 @@ def _draft(counter: "TokenCounter", seed: int, budget: int, num_chains: int, num
     variables, chains = make_chains(rng, num_chains, num_hops, is_icl)
     value = chains[0][0].split("=")[-1].strip()
     num_v = len(variables[0])
-    head, tail = VT_TEMPLATE.format(context=_SLOT, query=value).split(_SLOT)
+    head, tail = split_template(VT_TEMPLATE, query=value)
     tail += VT_ANSWER_PREFIX.format(num_v=num_v, query=value)
     answer_text = " " + " ".join(variables[0]) if is_icl else ""  # the example is measured with its answer
 
     def render(n: int) -> tuple[str, dict]:
         lines = noise_lines(n)
-        place = random.Random(seed * 1_000_003 + n)
+        place = size_rng(seed, n)
         for chain in chains:
             for j, pos in enumerate(sorted(place.sample(range(len(lines)), len(chain)))):
                 lines.insert(pos + j, chain[j])
@@ -52,9 +50,8 @@ def _draft(counter: "TokenCounter", seed: int, budget: int, num_chains: int, num
         return preamble + head + context + tail + answer_text, {"answers": list(variables[0])}
 
     estimate = noise_estimator(counter)
-    line_tokens = max(1, estimate(len(NOISE_SENTENCES)))
-    return Draft(render, estimate, n_min=len(NOISE_SENTENCES) * len(chains[0]),
-                 n_max=len(NOISE_SENTENCES) * (budget // line_tokens + len(chains[0]) + 2))
+    n_min, n_max = noise_bounds(estimate, budget, len(chains[0]))
+    return Draft(render, estimate, n_min=n_min, n_max=n_max)
 
 
 def icl_example(counter: "TokenCounter", spec: TaskSpec, seed: int) -> str:
