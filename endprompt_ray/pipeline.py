@@ -14,6 +14,7 @@ import ray
 from . import tracking
 from .config import ConfigError, ExtendConfig, dump_yaml
 from .data import build_dataset, data_report
+from .deps import check_runtime
 from .export import export_from_checkpoint
 from .modeling import load_config, load_tokenizer
 from .rope import scaled_config
@@ -73,7 +74,9 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
 
 def preflight(cfg: ExtendConfig) -> None:
     """Checks that would otherwise fail inside every training worker: fail once, here, with the clear message."""
-    scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length, cfg.rope)
+    model_config = scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length,
+                                 cfg.rope)
+    check_runtime(cfg, model_config)
     if cfg.eval.enabled:  # an eval setting that cannot work must not wait for training to finish first
         ruler_settings(cfg).validate()
         for key in ("essay_path", "squad_path", "hotpotqa_path"):

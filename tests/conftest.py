@@ -7,6 +7,12 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
+FIRST = "test_dependencies.py"  # a missing package must fail in seconds, not after the slow end-to-end tests
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name != FIRST)  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def local_ray():
