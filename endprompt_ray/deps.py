@@ -26,7 +26,7 @@ class MissingDependency(ConfigError):
 class Probe:
     feature: str  # what the configuration asks for, in the user's words
     run: Callable[[], object]  # exercises the code path the job will take
-    install: str = "pip install -e ."  # how to fix it
+    install: str = ""  # how to fix it; empty: install the named package, which endprompt-ray declares
 
 
 def _imports(*modules: str) -> Callable[[], None]:
@@ -107,5 +107,6 @@ def run_probes(selected: list[Probe]) -> None:
             probe.run()
         except (ImportError, importlib.metadata.PackageNotFoundError) as err:
             package = missing_package(err) or str(err)
+            fix = probe.install or f"pip install '{package}' (or reinstall endprompt-ray: pip install -e .)"
             raise MissingDependency(f"{probe.feature} needs the package {package!r}, which is not installed "
-                                    f"(or too old): {probe.install}") from err
+                                    f"(or too old): {fix}") from err
