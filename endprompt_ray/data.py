@@ -23,6 +23,7 @@ from .demo_corpus import generate_documents
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
                   ".txt": "text", ".text": "text", ".md": "text"}
 RECORD = "record"  # column of raw records: one JSON line, or one whole text document
+DEMO_RETRIEVAL_SEED = 7  # the extension demo's episodes; the toy base was pretrained on seed 0
 
 
 # ---- counting bad input --------------------------------------------------------------------------------------------
@@ -73,15 +74,25 @@ def detect_format(paths: list[Path], declared: str) -> str:
     return formats.pop()
 
 
-def read_records(cfg: DataConfig) -> tuple[ray.data.Dataset, str]:
+def demo_texts(cfg: DataConfig, tokenizer=None) -> list[str]:
+    """The generated corpus used when data.paths is empty: the toy base's retrieval episodes (sized with
+    `tokenizer`, a window each, held apart from its pretraining corpus by seed) or plain station reports."""
+    if cfg.demo_corpus == "retrieval" and tokenizer is not None:
+        from .toybase import ToyBaseSpec, toy_documents
+
+        return toy_documents(ToyBaseSpec(), tokenizer, count=cfg.demo_documents, seed=DEMO_RETRIEVAL_SEED)
+    return generate_documents(cfg.demo_documents, seed=0)
+
+
+def read_records(cfg: DataConfig, tokenizer=None) -> tuple[ray.data.Dataset, str]:
     """A dataset with one `record` column, and the format that tells the tokeniser how to parse it."""
     if not cfg.paths:  # the generated demo corpus travels through the object store: no shared disk needed
-        lines = [json.dumps({"text": t}) for t in generate_documents(cfg.demo_documents, seed=0)]
+        lines = [json.dumps({"text": t}) for t in demo_texts(cfg, tokenizer)]
         return ray.data.from_items([{RECORD: line} for line in lines], override_num_blocks=4), "jsonl"
     if any("://" in p for p in cfg.paths):  # remote storage (s3://, gs://): Ray Data reads it on the workers
         if cfg.format in ("auto", "hf_disk"):
             raise ConfigError("data.paths on remote storage need an explicit data.format (jsonl, parquet or text)")
-        return _read_format(cfg.paths, cfg.format, cfg.text_field), cfg.format
+        return _read_format(cfg.paths, cfg.format, cfg.text_field, cfg.cpus_per_task), cfg.format
     paths = [Path(p).expanduser() for p in cfg.paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -110,17 +121,23 @@ def read_records(cfg: DataConfig) -> tuple[ray.data.Dataset, str]:
                               "set data.text_field")
         return ray.data.from_huggingface(hf.select_columns([cfg.text_field])).rename_columns(
             {cfg.text_field: RECORD}), fmt
-    return _read_format([str(p) for p in paths], fmt, cfg.text_field), fmt
+    return _read_format([str(p) for p in paths], fmt, cfg.text_field, cfg.cpus_per_task), fmt
 
 
-def _read_format(paths: list[str], fmt: str, text_field: str) -> ray.data.Dataset:
+def _read_format(paths: list[str], fmt: str, text_field: str, num_cpus: float) -> ray.data.Dataset:
+    # Read tasks ask for the same small CPU share as the other stages: at Ray Data's default of 1 CPU a read could
+    # never be scheduled beside CPU training workers on a small machine, and training would wait for data forever.
+    cpus = {"num_cpus": num_cpus}  # the read and the rename below fuse into one task only with equal resources
     if fmt == "jsonl":
-        return ray.data.read_text(paths, drop_empty_lines=True).rename_columns({"text": RECORD})
-    if fmt == "text":  # one document per file
-        return ray.data.read_binary_files(paths).rename_columns({"bytes": RECORD})
-    if fmt == "parquet":
-        return ray.data.read_parquet(paths, columns=[text_field]).rename_columns({text_field: RECORD})
-    raise ConfigError(f"data.format={fmt!r} is not one of auto, jsonl, parquet, text, hf_disk")
+        records = ray.data.read_text(paths, drop_empty_lines=True, ray_remote_args=cpus), "text"
+    elif fmt == "text":  # one document per file
+        records = ray.data.read_binary_files(paths, ray_remote_args=cpus), "bytes"
+    elif fmt == "parquet":
+        records = ray.data.read_parquet(paths, columns=[text_field], ray_remote_args=cpus), text_field
+    else:
+        raise ConfigError(f"data.format={fmt!r} is not one of auto, jsonl, parquet, text, hf_disk")
+    dataset, column = records
+    return dataset.rename_columns({column: RECORD}, num_cpus=num_cpus)
 
 
 def extract_texts(records, fmt: str, text_field: str) -> tuple[list[str], Counter]:
@@ -159,8 +176,42 @@ def extract_texts(records, fmt: str, text_field: str) -> tuple[list[str], Counte
 
 # ---- the two transforms ------------------------------------------------------------------------------------------------
 
+def rust_tokenizer(tokenizer):
+    """The Rust `tokenizers.Tokenizer` inside a Hugging Face fast tokenizer, set up as the wrapper's plain call sets it
+    up (no truncation, no padding, its special-token splitting), so its `encode_batch` gives exactly the ids of
+    `tokenizer(texts, add_special_tokens=False)`. Shipping it instead of the wrapper spares every tokenizer actor the
+    transformers import when it unpickles its tokenizer: most of a second on the critical path of every pipeline
+    start (each epoch starts a new actor pool), during which no document is tokenised.
+    Returns `tokenizer` unchanged when it has no Rust core or encodes in Python itself (a subclass that overrides it).
+    """
+    from transformers import TokenizersBackend
+
+    if (not isinstance(tokenizer, TokenizersBackend) or hasattr(tokenizer, "_switch_to_input_mode")
+            or type(tokenizer)._encode_plus is not TokenizersBackend._encode_plus):
+        return tokenizer
+    from tokenizers import Tokenizer
+
+    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the driver's tokenizer stays as it was
+    core.no_truncation()
+    core.no_padding()
+    core.encode_special_tokens = bool(tokenizer.split_special_tokens)
+    return core
+
+
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids without special tokens, from a `rust_tokenizer` result (a Rust core or a Hugging Face tokenizer)."""
+    from tokenizers import Tokenizer
+
+    if not texts:
+        return []
+    if isinstance(tokenizer, Tokenizer):
+        return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 class Tokenize:
-    """Actor-pool UDF: each actor receives the driver's tokenizer once (no model download on data nodes)."""
+    """Actor-pool UDF: each actor receives the driver's tokenizer once (no model download on data nodes), as its
+    Rust core where it has one (see `rust_tokenizer`)."""
 
     def __init__(self, tokenizer, fmt: str, text_field: str, stats) -> None:
         self.tokenizer, self.fmt, self.text_field, self.stats = tokenizer, fmt, text_field, stats
@@ -168,7 +219,7 @@ class Tokenize:
     def __call__(self, batch: dict) -> pa.Table:
         records = list(batch[RECORD])
         texts, counts = extract_texts(records, self.fmt, self.text_field)
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        ids = encode(self.tokenizer, texts)
         ray.get(self.stats.add.remote("read", _fingerprint(r if isinstance(r, bytes) else str(r).encode()
                                                            for r in records), dict(counts)))
         return pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int32()))})
@@ -201,12 +252,12 @@ def build_dataset(cfg: ExtendConfig, tokenizer):
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic for fixed workers
     spec = anchor_spec(cfg, tokenizer)
     stats = DataStats.remote()
-    records, fmt = read_records(cfg.data)
+    records, fmt = read_records(cfg.data, tokenizer)
     tokens = records.map_batches(
         Tokenize, batch_size=cfg.data.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenizer_actors),
         num_cpus=cfg.data.cpus_per_task,
-        fn_constructor_args=(tokenizer, fmt, cfg.data.text_field, stats))
+        fn_constructor_args=(rust_tokenizer(tokenizer), fmt, cfg.data.text_field, stats))
     samples = tokens.map_batches(anchor_batch, batch_size=cfg.data.batch_size, batch_format="numpy",
                                  num_cpus=cfg.data.cpus_per_task, fn_kwargs={"spec": spec, "stats": stats})
     return samples, stats

@@ -1,15 +1,19 @@
-"""Load a causal LM and its tokenizer: a local directory, a hub id, or the locally built `tiny` preset."""
+"""Load a causal LM and its tokenizer: a local directory, a hub id, a GGUF file, or the locally built `tiny` preset."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 TINY = "tiny"
+TOY_BASE = "tiny-base"  # the toy base: trained by endprompt_ray.toybase, shipped in endprompt_ray/assets/
+TOY_BASE_DIR = Path(__file__).resolve().parent / "assets" / TOY_BASE
 
 
 class ModelLoadError(ValueError):
@@ -67,32 +71,66 @@ def build_tiny_model(tokenizer, spec: TinySpec = TinySpec(), attn_implementation
     return LlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
 
 
+def cache_root(root: str | Path | None = None) -> Path:
+    """Where locally built and converted models live: `root`, else ENDPROMPT_CACHE, else <tempdir>/endprompt_ray."""
+    return Path(root or os.environ.get("ENDPROMPT_CACHE", Path(tempfile.gettempdir()) / "endprompt_ray"))
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, unless complete already, written by `build(staging_dir)` into a staging directory, then renamed.
+
+    The rename is atomic: concurrent builders of the same key cannot leave a half-written directory, and a failed
+    build leaves nothing behind.
+    """
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        build(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        staging.rename(target)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def tiny_model_dir(spec: TinySpec = TinySpec(), root: str | Path | None = None) -> Path:
     """Build the tiny model once into a cache directory (keyed by its spec) and return that directory.
 
     Every process that asks for the same spec gets identical weights, so workers on other nodes need no shared disk.
     """
     key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(root or os.environ.get("ENDPROMPT_CACHE", Path(tempfile.gettempdir()) / "endprompt_ray"))
-    target = root / f"tiny-{key}"
-    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
-        return target
-    tokenizer = build_tiny_tokenizer(spec)
-    model = build_tiny_model(tokenizer, spec)
-    staging = Path(tempfile.mkdtemp(dir=root.mkdir(parents=True, exist_ok=True) or root, prefix=".tiny-"))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        staging.rename(target)  # atomic: concurrent builders of the same spec cannot leave a half-written dir
-    except OSError:
-        pass  # another process won the race; its copy is identical
-    return target
+
+    def build(staging: Path) -> None:
+        tokenizer = build_tiny_tokenizer(spec)
+        build_tiny_model(tokenizer, spec).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return build_once(cache_root(root) / f"tiny-{key}", build)
+
+
+def toy_base_dir() -> Path:
+    if not (TOY_BASE_DIR / "config.json").exists():
+        raise ModelLoadError(f"the toy base is missing from {TOY_BASE_DIR}; rebuild it with "
+                             "`python -m endprompt_ray.toybase` (about 10 minutes on 2 cores)")
+    return TOY_BASE_DIR
 
 
 def resolve_model_path(name_or_path: str, tiny: TinySpec = TinySpec()) -> str:
-    """`tiny` -> the locally built preset; an existing directory -> itself; anything else -> a hub id."""
+    """`tiny` -> the locally built preset; a GGUF file or preset -> its converted directory (see gguf.py);
+    an existing directory -> itself; anything else -> a hub id."""
     if name_or_path == TINY:
         return str(tiny_model_dir(tiny))
+    if name_or_path == TOY_BASE:
+        return str(toy_base_dir())
+    from .gguf import converted_model_dir, gguf_source  # imports this module: keep the import lazy
+
+    if (gguf := gguf_source(name_or_path)) is not None:
+        return str(converted_model_dir(gguf))
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

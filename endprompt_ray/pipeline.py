@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -15,9 +15,11 @@ from . import tracking
 from .config import ConfigError, ExtendConfig, dump_yaml
 from .data import build_dataset, data_report
 from .deps import check_runtime
+from .evaluation import EvalReport, evaluate_after_training, format_comparison, ruler_settings
 from .export import export_from_checkpoint
 from .modeling import load_config, load_tokenizer
-from .rope import scaled_config
+from .progress import training_bar
+from .rope import original_window, scaled_config
 from .train import deepspeed_config, make_trainer
 
 log = logging.getLogger("endprompt_ray")
@@ -32,14 +34,29 @@ class ExtendResult:
     final_metrics: dict
     data_report: dict
     checkpoint_path: str
-    ruler: dict = field(default_factory=dict)  # {"overall": float, "averages": {length: score}, "files": {...}}
+    evaluation: EvalReport | None = None  # suites on the trained model and, with eval.compare, the baselines
     wall_time_s: float = 0.0
+
+    @property
+    def ruler(self) -> dict:
+        """The trained model's RULER summary: {"overall", "averages", "covered_tasks", "skipped", "files"}."""
+        return self.evaluation.ruler if self.evaluation else {}
 
 
 def connect_ray(**kwargs) -> None:
-    """Attach to a running cluster (RAY_ADDRESS, `ray job submit`, or a local `ray start`), else start a local one."""
+    """Attach to a running cluster (RAY_ADDRESS, `ray job submit`, or a local `ray start`), else start a local one.
+    After `quiet_logs`, Ray processes' output stays in Ray's log files instead of the console."""
     if not ray.is_initialized():
+        if os.environ.get("ENDPROMPT_QUIET"):
+            kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
         ray.init(**kwargs)
+
+
+def ray_logs_dir() -> str:
+    """Where this Ray session keeps every process's output (the node this driver runs on)."""
+    from ray._private.worker import _global_node  # no public accessor for the session directory
+
+    return _global_node.get_logs_dir_path() if _global_node is not None else "/tmp/ray/session_latest/logs"
 
 
 def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResult:
@@ -54,13 +71,16 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
     dataset, stats = build_dataset(cfg, tokenizer)
     run_id = tracking.start_run(cfg, deepspeed_config(cfg, cfg.max_workers), tags=mlflow_tags)
     try:
-        trainer = make_trainer(cfg, dataset, callbacks=[tracking.MlflowTrainCallback(cfg.tracking_uri, run_id)])
-        result = trainer.fit()
+        with training_bar(cfg.train_steps, f"train {cfg.run.name}") as board:
+            trainer = make_trainer(cfg, dataset, callbacks=[tracking.MlflowTrainCallback(cfg.tracking_uri, run_id)],
+                                   progress=board)
+            result = trainer.fit()
         report = data_report(stats)
         tracking.log_data_report(report)
         model_dir = export_from_checkpoint(result.checkpoint, run_dir / "model")
         final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        ruler = evaluate_ruler(cfg, model_dir) if cfg.eval.enabled else {}
+        evaluation = (evaluate_after_training(cfg, model_dir, original_window(load_config(
+            cfg.model.name_or_path, cfg.model.tiny), cfg.rope)) if cfg.eval.enabled else None)
         mlflow.log_metric("wall_time_s", time.perf_counter() - started)
         if cfg.tracking.log_model:  # off by default: an 8B export is 16 GB
             mlflow.log_artifacts(str(model_dir), artifact_path="model")
@@ -68,7 +88,7 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
         mlflow.end_run()
     return ExtendResult(run_name=cfg.run.name, model_dir=model_dir, mlflow_run_id=run_id,
                         tracking_uri=cfg.tracking_uri, final_metrics=final, data_report=report,
-                        checkpoint_path=str(result.checkpoint.path), ruler=ruler,
+                        checkpoint_path=str(result.checkpoint.path), evaluation=evaluation,
                         wall_time_s=time.perf_counter() - started)
 
 
@@ -78,33 +98,15 @@ def preflight(cfg: ExtendConfig) -> None:
                                  cfg.rope)
     check_runtime(cfg, model_config)
     if cfg.eval.enabled:  # an eval setting that cannot work must not wait for training to finish first
-        ruler_settings(cfg).validate()
-        for key in ("essay_path", "squad_path", "hotpotqa_path"):
+        if "ruler" in cfg.eval.suites:
+            ruler_settings(cfg).validate()
+        for key in ("essay_path", "squad_path", "hotpotqa_path", "ppl_documents"):
             path = getattr(cfg.eval, key)
             if path and not Path(path).expanduser().exists():
                 raise ConfigError(f"eval.{key}={path!r} does not exist; fix the path or leave it unset")
     if cfg.model.attn_implementation.startswith("flash_attention") and not cfg.train.use_gpu:
         raise ConfigError("model.attn_implementation=flash_attention_2 needs GPUs: set train.use_gpu=true "
                           "or use model.attn_implementation=sdpa")
-
-
-def ruler_settings(cfg: ExtendConfig):
-    from .eval.ruler import RulerSettings
-
-    return RulerSettings(lengths=cfg.eval.lengths or [cfg.method.target_length], tasks=cfg.eval.tasks or None,
-                         num_samples=cfg.eval.num_samples, batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
-                         essay_path=cfg.eval.essay_path, squad_path=cfg.eval.squad_path,
-                         hotpotqa_path=cfg.eval.hotpotqa_path)
-
-
-def evaluate_ruler(cfg: ExtendConfig, model_dir: Path) -> dict:
-    """RULER at the target length (or eval.lengths) on the exported model, logged to the active MLflow run."""
-    from .eval.ruler import log_ruler_to_mlflow, run_ruler
-
-    result = run_ruler(str(model_dir), None, ruler_settings(cfg), cfg.run_dir / "ruler")
-    log_ruler_to_mlflow(result)
-    return {"overall": result.overall, "averages": result.averages, "covered_tasks": list(result.covered_tasks),
-            "skipped": dict(result.skipped), "files": {k: str(v) for k, v in result.files.items()}}
 
 
 def format_summary(res: ExtendResult) -> str:
@@ -118,6 +120,9 @@ def format_summary(res: ExtendResult) -> str:
         f"  model (Hugging Face format): {res.model_dir}",
         f"  last checkpoint: {res.checkpoint_path}",
     ]
+    if res.evaluation:
+        lines += ["", format_comparison(res.evaluation), ""]
+        lines += [f"    {name}: {path}" for name, path in res.evaluation.files.items()]
     if res.ruler:
         covered = ", ".join(res.ruler["covered_tasks"])
         lines.append(f"  RULER average {res.ruler['overall']:.2f} over [{covered}]")
@@ -139,9 +144,36 @@ def _data_line(report: dict) -> str:
             + (f"; skipped: {skipped}" if skipped else "; nothing skipped"))
 
 
-def quiet_logs() -> None:
-    """Keep the console readable: progress bars and the summary, not library chatter."""
+def quiet_logs(log_file: Path | None = None) -> None:
+    """Keep the console to progress bars and the summary: library logging and Python warnings go to `log_file`,
+    and the Ray processes' output stays in Ray's own log files (see `connect_ray`)."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("DeepSpeed", "transformers", "mlflow", "alembic"):
+    os.environ["ENDPROMPT_QUIET"] = "1"
+    for name in ("DeepSpeed", "transformers", "mlflow", "alembic", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if log_file is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():  # else DeepSpeed's import warns that it fell back to the CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed.utils  # noqa: F401 - creates DeepSpeed's console handler, removed below
+    import transformers
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    transformers.logging.disable_default_handler()
+    transformers.logging.disable_progress_bar()  # "Loading weights" bars, once per evaluated model
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    for name in ("transformers", "ray", "mlflow", "alembic", "DeepSpeed"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                    and not isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)
+        logger.propagate = True

@@ -51,11 +51,36 @@ def deepspeed_config(cfg: ExtendConfig, world_size: int) -> dict:
 
 
 def _peak_memory_mb(device) -> float:
+    """Peak since `_start_peak_memory`: CUDA allocator memory on GPU, resident set size on CPU."""
     import torch
 
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return _proc_status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _start_peak_memory(device) -> float:
+    """Restart the peak window and return the memory in use now: the baseline of `peak_memory_delta_mb`, what the
+    steps themselves add (on CPU the Ray worker's own ~650 MB would otherwise hide it)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
+    except OSError:
+        pass  # no procfs: the peak then also covers model loading
+    return _proc_status_mb("VmRSS") or _peak_memory_mb(device)
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field (VmRSS, VmHWM) of /proc/self/status in MiB; None without procfs."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith(f"{field}:")), None)
 
 
 def _batches(shard, micro_batch_size: int, device, skip: int = 0):
@@ -91,7 +116,6 @@ def _quiet_report_logs() -> None:
 def train_loop_per_worker(loop_config: dict) -> None:
     import deepspeed
     import torch
-    from ray.experimental.tqdm_ray import tqdm
 
     cfg = config_from_dict(loop_config["cfg"])
     _quiet_report_logs()
@@ -140,11 +164,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train") if step < max_steps else None
     consumed = step * t.gradient_accumulation_steps
     batches = _batches(shard, t.micro_batch_size, device, skip=consumed) if shard is not None else iter(())
-    bar = tqdm(total=max_steps, desc=f"train {cfg.run.name}", position=0) if rank == 0 else None
-    if bar is not None and step:
-        bar.update(step)
+    board = loop_config.get("progress") if rank == 0 else None  # progress.StepBoard, drawn by the driver
     metrics: dict = {"step": step}
     engine.train()
+    memory_baseline = _start_peak_memory(device)  # model, engine and optimizer are built: the rest is the steps'
+    window: list[tuple[float, float, int]] = []  # (loss, seconds, tokens) of each step since the last report
     while step < max_steps:
         started, losses, tokens, epoch = time.perf_counter(), [], 0, 0
         for _ in range(t.gradient_accumulation_steps):
@@ -155,13 +179,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
             losses.append(loss.detach().float().item())
             tokens += batch["input_ids"].numel()
         step += 1
-        elapsed = time.perf_counter() - started
-        metrics = {"step": step, "epoch": epoch, "loss": sum(losses) / len(losses),
+        window.append((sum(losses) / len(losses), time.perf_counter() - started, tokens))
+        if board is not None:
+            board.post.remote(step, window[-1][0])
+        if step % t.report_every and step % t.checkpoint_every and step != max_steps:
+            continue  # a report is a barrier across workers and the controller: seconds each on a CPU cluster
+        seconds = sum(w[1] for w in window)
+        metrics = {"step": step, "epoch": epoch, "loss": sum(w[0] for w in window) / len(window),
                    "learning_rate": scheduler.get_last_lr()[0] if scheduler else t.learning_rate,
-                   "tokens_per_s": tokens * world / elapsed, "step_time_s": elapsed,
-                   "peak_memory_mb": _peak_memory_mb(device)}
-        if bar is not None:
-            bar.update(1)
+                   "tokens_per_s": sum(w[2] for w in window) * world / seconds, "step_time_s": seconds / len(window),
+                   "peak_memory_mb": (peak := _peak_memory_mb(device)),
+                   "peak_memory_delta_mb": peak - memory_baseline}
+        window.clear()
         if step == max_steps:
             break  # the final report below carries these metrics
         if step % t.checkpoint_every == 0:
@@ -169,8 +198,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         else:
             ray.train.report(metrics)
     report(metrics, final=True)
-    if bar is not None:
-        bar.close()
 
 
 def scaling_config(cfg: ExtendConfig) -> ScalingConfig:
@@ -179,10 +206,11 @@ def scaling_config(cfg: ExtendConfig) -> ScalingConfig:
                          use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker})
 
 
-def make_trainer(cfg: ExtendConfig, dataset, callbacks: list | None = None) -> TorchTrainer:
+def make_trainer(cfg: ExtendConfig, dataset, callbacks: list | None = None, progress=None) -> TorchTrainer:
+    """`progress`: a progress.StepBoard that rank 0 posts its step and loss to."""
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict()},
+        train_loop_config={"cfg": cfg.to_dict(), "progress": progress},
         scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         datasets={"train": dataset},

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from endprompt_ray.config import ConfigError, dump_yaml, load_config
-from endprompt_ray.pipeline import format_summary, quiet_logs, run_extend
+from endprompt_ray.pipeline import format_summary, quiet_logs, ray_logs_dir, run_extend
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,13 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
-    quiet_logs()
+    log_file = cfg.run_dir / "job.log"
+    quiet_logs(log_file)
     try:
         result = run_extend(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_summary(result))
+    print(f"  library logs: {log_file}; Ray process logs: {ray_logs_dir()}")
     return 0
 
 

@@ -57,6 +57,18 @@ def sources(demo_files):
 
 
 @pytest.fixture
+def mlflow_uri(tmp_path):
+    """A fresh sqlite tracking URI as the process default, restored afterwards."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(before)
+
+
+@pytest.fixture
 def one_thread():
     """Tiny models decode far faster on one thread; OpenMP spinning across busy cores dominates otherwise."""
     import torch

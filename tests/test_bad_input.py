@@ -51,8 +51,8 @@ def test_l_not_above_p():
 
 @pytest.mark.parametrize("overrides, error, message", [
     (["method.physical_length=10"], AnchorError, "terminal prompt of b=.* does not fit in physical_length=10"),
-    (["method.anchor_offset=5000"], AnchorError, "overlapping segment 1"),
-    (["method.anchor_offset=-3"], AnchorError, "past the target length"),
+    (["method.anchor=fixed", "method.anchor_offset=5000"], AnchorError, "overlapping segment 1"),
+    (["method.anchor=fixed", "method.anchor_offset=-3"], AnchorError, "past the target length"),
 ])
 def test_anchoring_errors(overrides, error, message):
     cfg = load_config(None, overrides)
@@ -114,6 +114,10 @@ def test_cli_prints_one_line_error(capsys):
 
 def test_eval_settings_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match="niah_single_9"):
-        preflight(load_config(None, ["eval.tasks=[niah_single_9]"]))
+        preflight(load_config(None, ["eval.suites=[ruler]", "eval.tasks=[niah_single_9]"]))
     with pytest.raises(ConfigError, match="eval.essay_path=.* does not exist"):
         preflight(load_config(None, [f"eval.essay_path={tmp_path / 'essays'}"]))
+    with pytest.raises(ConfigError, match="eval.ppl_documents=.* does not exist"):
+        preflight(load_config(None, [f"eval.ppl_documents={tmp_path / 'heldout.jsonl'}"]))
+    with pytest.raises(ConfigError, match="eval.suites is empty"):
+        load_config(None, ["eval.suites=[]"])

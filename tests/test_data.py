@@ -15,7 +15,7 @@ P, L = 64, 1024
 
 
 def _cfg(paths, **extra):
-    overrides = [f"method.physical_length={P}", f"method.target_length={L}", "data.batch_size=8",
+    overrides = [f"method.physical_length={P}", f"method.target_length={L}", "data.batch_size=8", "method.anchor=fixed",
                  f"data.paths={json.dumps([str(p) for p in paths])}"]
     return load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
 

@@ -17,17 +17,6 @@ def cli():
     return module
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path):
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(before)
-
-
 def test_probe_suites(cli, tiny_dir, tmp_path, capsys, one_thread, mlflow_uri):
     import mlflow
 

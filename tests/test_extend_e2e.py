@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(tmp_path: Path, name: str, *overrides: str):
-    return load_config(None, [f"run.output_dir={tmp_path}", f"run.name={name}", "eval.enabled=false",
+    return load_config(None, [f"run.output_dir={tmp_path}", f"run.name={name}", "eval.enabled=false", "model.name_or_path=tiny",
+                              "train.report_every=1", "train.micro_batch_size=2", "data.demo_documents=400",
                               "train.learning_rate=3e-3", "train.warmup_steps=1", *overrides])
 
 
@@ -63,8 +64,15 @@ def test_zero2_trains_checkpoints_resumes_and_exports(local_ray, tmp_path):
 
 
 def test_zero3_trains_and_exports_gathered_weights(local_ray, tmp_path):
+    """Also reads a corpus file: its read tasks must fit beside the CPU training workers on a 2-CPU Ray."""
+    import json
+
+    from endprompt_ray.demo_corpus import generate_documents
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in generate_documents(200, seed=5)))
     result = run_extend(_cfg(tmp_path, "z3", "train.max_steps=5", "train.checkpoint_every=5",
-                             "train.deepspeed_config=configs/deepspeed/zero3.json"))
+                             "train.deepspeed_config=configs/deepspeed/zero3.json", f"data.paths=[{corpus}]"))
     losses = _history(result)
     assert len(losses) == 5 and losses[-1][1] < losses[0][1]
     _check_export(result.model_dir)

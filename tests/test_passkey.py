@@ -16,17 +16,6 @@ from endprompt_ray.eval.passkey_report import aggregate
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path):
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(before)
-
-
 def _sample(length: int, depth: float, key: int, index: int = 0) -> ProbeSample:
     return ProbeSample("passkey", length, depth, index, key, "prompt", length - 10, 10)
 

@@ -19,17 +19,6 @@ from endprompt_ray.eval.perplexity import (PerplexitySettings, demo_documents, f
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path):
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(before)
-
-
 class KnownLogits(torch.nn.Module):
     """Uniform logits, except that the last `sure` positions of each row put all their mass on the true next token
     (read from the input: an oracle, for arithmetic only). sure=0: NLL log(V) everywhere; sure=n-1: NLL 0."""

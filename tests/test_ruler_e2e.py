@@ -15,17 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path):
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(before)
-
-
 def test_tiny_model_end_to_end(tiny_dir, demo_files, tmp_path, mlflow_uri, one_thread):
     import mlflow
 

@@ -1,0 +1,62 @@
+"""After-training evaluation: the before/after table, its defaults, and the default job as a demo end to end."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from endprompt_ray.config import load_config
+from endprompt_ray.evaluation import EvalReport, eval_lengths, format_comparison, write_comparison
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_lengths_are_the_window_half_and_full_target():
+    assert eval_lengths(load_config(None), original_window=256) == [256, 1024, 2048]
+    cfg = load_config(None, ["method.target_length=65536", "method.physical_length=8192"])
+    assert eval_lengths(cfg, original_window=8192) == [8192, 32768, 65536]
+    assert eval_lengths(load_config(None, ["eval.lengths=[512, 300]"]), original_window=256) == [300, 512]
+
+
+def test_comparison_table_and_files(tmp_path):
+    report = EvalReport(lengths=[256, 2048], labels={"base": "base", "trained": "endprompt (linear x8, 10 steps)"},
+                        scores={"base": {"passkey": {256: 100.0, 2048: 0.0}, "ppl": {256: 1.5, 2048: 40.25}},
+                                "trained": {"passkey": {256: 95.0, 2048: 62.5}, "ppl": {256: 1.6, 2048: 2.0}}})
+    lines = format_comparison(report).splitlines()
+    assert lines[0].split() == ["passkey", "%", "@256", "passkey", "%", "@2048", "PPL", "@256", "PPL", "@2048"]
+    assert lines[1].split()[-4:] == ["100.0", "0.0", "1.50", "40.25"]
+    assert lines[2].startswith("endprompt (linear x8, 10 steps)") and lines[2].split()[-4:] == ["95.0", "62.5",
+                                                                                                 "1.60", "2.00"]
+    files = write_comparison(report, tmp_path)
+    assert files["comparison_plot"].read_bytes().startswith(PNG)
+    assert json.loads(files["comparison_json"].read_text())["scores"]["trained"]["passkey"]["2048"] == 62.5
+
+
+@pytest.mark.slow
+def test_default_job_is_a_before_after_demo(local_ray, tmp_path, capsys):
+    """The README's first command, shortened: the toy base, EndPrompt 256 -> 2048, the comparison in the summary."""
+    spec = importlib.util.spec_from_file_location("extend", ROOT / "pipelines" / "extend.py")
+    extend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extend)
+    code = extend.main(["--set", f"run.output_dir={tmp_path}", "--set", "train.max_steps=6",
+                        "--set", "eval.passkey_samples=1", "--set", "eval.ppl_num_documents=2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {line.split("  ")[0]: line for line in out.splitlines() if "@" not in line}
+    assert any(r.startswith("base (no scaling)") for r in rows)
+    assert any(r.startswith("rope only (linear x8)") for r in rows)
+    assert any(r.startswith("endprompt (linear x8, 6 steps)") for r in rows)
+    assert "library logs:" in out and (tmp_path / "endprompt-tiny" / "job.log").exists()
+    comparison = json.loads((tmp_path / "endprompt-tiny" / "eval" / "comparison.json").read_text())
+    assert set(comparison["scores"]) == {"base", "rope_only", "trained"}
+    assert comparison["scores"]["base"]["passkey"]["256"] >= 80  # the toy base retrieves at its window
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("endprompt-ray").experiment_id])
+    metrics = run.data.metrics
+    assert {"passkey/acc/2048", "ppl/2048", "compare/base/passkey/256", "compare/rope_only/ppl/2048"} <= set(metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/comparison.png", "eval/comparison.txt"} <= artifacts

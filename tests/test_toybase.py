@@ -1,0 +1,57 @@
+"""The toy base: its corpus, its tokenizer, and the shipped model's measurable window."""
+
+import dataclasses
+import re
+
+import pytest
+
+from endprompt_ray.eval.passkey import PASSKEY_QUESTION, PasskeySettings, run_passkey
+from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
+from endprompt_ray.modeling import TOY_BASE, resolve_model_path
+from endprompt_ray.toybase import ToyBaseSpec, build_toy_tokenizer, toy_documents
+
+SPEC = ToyBaseSpec()
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer():
+    return build_toy_tokenizer(SPEC)
+
+
+def test_documents_are_whole_episodes_at_least_one_window_long(toy_tokenizer):
+    docs = toy_documents(SPEC, toy_tokenizer, count=40)
+    assert docs == toy_documents(SPEC, toy_tokenizer, count=40)  # deterministic for a seed
+    assert docs != toy_documents(SPEC, toy_tokenizer, count=40, seed=SPEC.seed + 1)
+    window = SPEC.model.max_position_embeddings
+    assert all(len(toy_tokenizer(d, add_special_tokens=False)["input_ids"]) >= window for d in docs)
+    answers = re.findall(r"The pass key is (\d+)\. Remember it\.[\s\S]*?" + re.escape(PASSKEY_QUESTION) + r" (\d+)\.",
+                         "\n".join(docs))
+    assert len(answers) >= 20 and all(needle == answer for needle, answer in answers)
+
+
+def test_tokenizer_splits_a_key_into_digits(toy_tokenizer):
+    assert toy_tokenizer.tokenize(" 40213.")[1:6] == ["4", "0", "2", "1", "3"]
+
+
+def test_shipped_toy_base_has_a_measurable_window(tmp_path, one_thread):
+    """>= 95% passkey at its window of 256; at 8x, no retrieval of a needle farther away than the window (a needle at
+    depth 100% sits right before the question, within any window); perplexity rising beyond the window."""
+    path = resolve_model_path(TOY_BASE)
+    passkey = run_passkey(path, None, PasskeySettings(lengths=[256, 2048], num_samples=4, batch_size=4,
+                                                      progress=False), tmp_path / "passkey")
+    assert passkey.by_length[256] >= 95.0
+    beyond_window = [acc for depth, acc in passkey.accuracy[2048].items() if depth < 1.0]
+    assert max(beyond_window) <= 10.0
+    ppl = run_perplexity(path, None, PerplexitySettings(lengths=[256, 2048], num_documents=8, progress=False),
+                         tmp_path / "ppl")
+    assert ppl.ppl[2048] > 1.1 * ppl.ppl[256] and ppl.tail_ppl[2048] > 1.3 * ppl.tail_ppl[256]
+
+
+def test_spec_sizes_match_the_shipped_config():
+    from endprompt_ray.modeling import load_config
+
+    config = load_config(TOY_BASE)
+    model = SPEC.model
+    assert (config.hidden_size, config.num_hidden_layers, config.max_position_embeddings) == (
+        model.hidden_size, model.num_hidden_layers, model.max_position_embeddings)
+    assert dataclasses.asdict(SPEC)["steps"] > 0
