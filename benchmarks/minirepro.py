@@ -1,0 +1,213 @@
+"""The paper's comparison in miniature, on the product's own code path (run_extend: Ray Data -> Ray Train +
+DeepSpeed -> export -> passkey + perplexity -> MLflow), starting from the toy base (window 256, extended to 2048).
+
+Arms: rope-only, contiguous short fine-tuning, EndPrompt (template or tail prompt x fixed or random anchor), PoSE,
+and full-length fine-tuning at L. Every trained arm gets the same number of steps (equal steps); full-length also
+runs at steps x P / L, the training tokens of one short arm (equal compute up to attention's quadratic term; the
+measured training seconds stand next to every row). Short-sequence arms run with several seeds (mean and range).
+
+    python benchmarks/minirepro.py                   # the smallest scale, about 30 minutes on 2 cores
+    python benchmarks/minirepro.py --steps 20 --seeds 1 --arms rope_only,endprompt_template_fixed   # smoke
+
+Writes minirepro.json, minirepro.md, minirepro_length.png and minirepro_compute.png under --output, and one
+MLflow parent run with a child run per arm and seed. At GPU scale pass the real settings with --set, e.g.
+--set model.name_or_path=meta-llama/Meta-Llama-3-8B --set method.physical_length=8192
+--set method.target_length=65536 --set train.use_gpu=true --set train.deepspeed_config=configs/deepspeed/zero3.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ARMS = {  # name -> config overrides
+    "rope_only": ["method.kind=rope_only"],
+    "contiguous": ["method.kind=contiguous"],
+    "endprompt_template_fixed": ["method.kind=endprompt", "method.prompt_source=template", "method.anchor=fixed"],
+    "endprompt_template_random": ["method.kind=endprompt", "method.prompt_source=template", "method.anchor=random"],
+    "endprompt_tail_fixed": ["method.kind=endprompt", "method.prompt_source=tail", "method.anchor=fixed"],
+    "endprompt_tail_random": ["method.kind=endprompt", "method.prompt_source=tail", "method.anchor=random"],
+    "pose": ["method.kind=pose"],
+    "full_length": ["method.kind=full_length"],
+}
+SINGLE_SEED = {"rope_only", "full_length"}  # deterministic, or too costly to repeat at this scale
+
+
+@dataclass(frozen=True)
+class Run:
+    arm: str
+    label: str  # the table row
+    seed: int
+    steps: int
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=150, help="training steps of every trained arm (default 150)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per short-sequence arm (default 3)")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms (default: all): " + ", ".join(ARMS))
+    p.add_argument("--passkey-samples", type=int, default=4, help="passkey samples per length and depth (default 4)")
+    p.add_argument("--output", type=Path, default=Path("outputs/minirepro"), help="output folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every arm (repeatable)")
+    return p.parse_args(argv)
+
+
+def plan(args, P: int, L: int) -> list[Run]:
+    runs = []
+    for arm in [a.strip() for a in args.arms.split(",") if a.strip()]:
+        if arm not in ARMS:
+            raise SystemExit(f"error: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+        steps = 0 if arm == "rope_only" else args.steps
+        for seed in [0] if arm in SINGLE_SEED else range(args.seeds):
+            runs.append(Run(arm, arm, seed, steps))
+        if arm == "full_length":
+            runs.append(Run(arm, "full_length_equal_tokens", 0, max(1, round(args.steps * P / L))))
+    return runs
+
+
+def base_overrides(args, run: Run) -> list[str]:
+    return [f"run.output_dir={args.output.resolve()}", f"run.name=minirepro-{run.label}-s{run.seed}",
+            f"run.seed={run.seed}", f"train.max_steps={run.steps}", f"train.checkpoint_every={max(run.steps, 1)}",
+            "eval.suites=[passkey,ppl]", "eval.compare=false", f"eval.passkey_samples={args.passkey_samples}",
+            *args.overrides, *ARMS[run.arm]]
+
+
+def run_one(run: Run, args, parent_id: str) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from endprompt_ray.config import load_config
+    from endprompt_ray.pipeline import run_extend
+
+    cfg = load_config(None, base_overrides(args, run))
+    started = time.perf_counter()
+    result = run_extend(cfg, mlflow_tags={"mlflow.parentRunId": parent_id, "endprompt.minirepro": run.label})
+    steps = MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "train/step_time_s")
+    report = result.evaluation
+    (scores,) = [s for v, s in report.scores.items() if v in ("trained", "rope_only")]
+    return {"arm": run.arm, "label": run.label, "seed": run.seed, "steps": run.steps,
+            "train_seconds": round(sum(m.value for m in steps), 2),
+            "wall_seconds": round(time.perf_counter() - started, 1), "run_id": result.mlflow_run_id,
+            **{suite: {int(n): v for n, v in by.items()} for suite, by in scores.items()}}
+
+
+def summarise(records: list[dict], lengths: list[int]) -> list[dict]:
+    """One row per label: mean and range over seeds of every score."""
+    rows = []
+    for label in dict.fromkeys(r["label"] for r in records):
+        group = [r for r in records if r["label"] == label]
+        row = {"label": label, "seeds": len(group), "steps": group[0]["steps"],
+               "train_seconds": statistics.mean(r["train_seconds"] for r in group)}
+        for suite in ("passkey", "passkey_early", "passkey_late", "ppl"):
+            for n in lengths:
+                values = [r[suite][n] for r in group if n in r.get(suite, {})]
+                if values:
+                    row[f"{suite}@{n}"] = (statistics.mean(values), min(values), max(values))
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], lengths: list[int]) -> str:
+    def cell(value, digits) -> str:
+        if value is None:
+            return "-"
+        mean, low, high = value
+        return f"{mean:.{digits}f}" + (f" ({low:.{digits}f}-{high:.{digits}f})" if high > low else "")
+
+    L = max(lengths)
+    head = (["arm", "seeds", "steps", "train s"] + [f"passkey @{n}" for n in lengths]
+            + [f"early @{L}", f"late @{L}"] + [f"PPL @{n}" for n in lengths])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], str(r["seeds"]), str(r["steps"]), f"{r['train_seconds']:.0f}"]
+        cells += [cell(r.get(f"passkey@{n}"), 0) for n in lengths]
+        cells += [cell(r.get(f"passkey_early@{L}"), 0), cell(r.get(f"passkey_late@{L}"), 0)]
+        cells += [cell(r.get(f"ppl@{n}"), 2) for n in lengths]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], lengths: list[int], out: Path) -> list[Path]:
+    from endprompt_ray.eval.ruler.plots import _pyplot
+
+    plt, L = _pyplot(), max(lengths)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        points = [(n, r[f"passkey@{n}"]) for n in lengths if f"passkey@{n}" in r]
+        ax.errorbar([n for n, _ in points], [v[0] for _, v in points],
+                    yerr=[[v[0] - v[1] for _, v in points], [v[2] - v[0] for _, v in points]],
+                    marker="o", capsize=3, label=r["label"])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.set(xlabel="context length (tokens)", ylabel="passkey accuracy (%)", ylim=(-5, 105),
+           title="passkey accuracy by length (mean, seed range)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    by_length = out / "minirepro_length.png"
+    fig.savefig(by_length, dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if f"passkey@{L}" in r:
+            ax.scatter(r["train_seconds"], r[f"passkey@{L}"][0], s=40)
+            ax.annotate(r["label"], (r["train_seconds"], r[f"passkey@{L}"][0]), fontsize=7)
+    ax.set(xlabel="training seconds (measured, this machine)", ylabel=f"passkey accuracy @ {L} (%)",
+           ylim=(-5, 105), title="accuracy vs compute")
+    fig.tight_layout()
+    by_compute = out / "minirepro_compute.png"
+    fig.savefig(by_compute, dpi=120)
+    plt.close(fig)
+    return [by_length, by_compute]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from mlflow.tracking import MlflowClient
+
+    from endprompt_ray.config import load_config
+    from endprompt_ray.evaluation import eval_lengths
+    from endprompt_ray.modeling import load_config as load_model_config
+    from endprompt_ray.pipeline import quiet_logs
+    from endprompt_ray.rope import original_window
+    from endprompt_ray.tracking import experiment_id
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    quiet_logs(args.output / "minirepro.log")
+    base = load_config(None, [f"run.output_dir={args.output.resolve()}", *args.overrides])
+    P, L = base.method.physical_length, base.method.target_length
+    lengths = eval_lengths(base, original_window(load_model_config(base.model.name_or_path, base.model.tiny), base.rope))
+    client = MlflowClient(base.tracking_uri)
+    parent = client.create_run(experiment_id(client, base.tracking.experiment), run_name="minirepro",
+                               tags={"endprompt.benchmark": "minirepro"})
+    records = []
+    try:
+        for run in plan(args, P, L):
+            print(f"== {run.label} seed {run.seed}: {run.steps} steps", flush=True)
+            records.append(run_one(run, args, parent.info.run_id))
+        rows = summarise(records, lengths)
+        table = markdown(rows, lengths)
+        files = plot(rows, lengths, args.output)
+        result = {"P": P, "L": L, "lengths": lengths, "steps": args.steps, "seeds": args.seeds,
+                  "records": records, "rows": rows}
+        (args.output / "minirepro.json").write_text(json.dumps(result, indent=2))
+        (args.output / "minirepro.md").write_text(table + "\n")
+        for path in [args.output / "minirepro.json", args.output / "minirepro.md", *files]:
+            client.log_artifact(parent.info.run_id, str(path))
+        client.set_terminated(parent.info.run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(parent.info.run_id, "FAILED")
+        raise
+    print(table)
+    print(f"\nfiles under {args.output.resolve()}; MLflow parent run {parent.info.run_id} at {base.tracking_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
