@@ -99,8 +99,8 @@ def convert(gguf_file: Path, out: Path, digest: str) -> None:
     """Dequantise `gguf_file` into `out`: config.json, float32 safetensors, tokenizer files, provenance."""
     missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:  # transformers' GGUF reader imports both
-        raise ModelLoadError(f"reading the GGUF file {gguf_file} needs the {' and '.join(missing)} package: "
-                             f"{INSTALL_HINT}")
+        packages = " and ".join(missing) + (" packages" if len(missing) > 1 else " package")
+        raise ModelLoadError(f"reading the GGUF file {gguf_file} needs the {packages}: {INSTALL_HINT}")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -127,9 +127,8 @@ def _read(auto_class, gguf_file: Path, **kwargs):
     try:
         return auto_class.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, **kwargs)
     except (ValueError, KeyError, IndexError, TypeError, NotImplementedError, OSError, struct.error) as err:
-        raise ModelLoadError(f"cannot read the GGUF file {gguf_file} ({err}); the file is "
-                             "corrupt or truncated (download it again), or transformers does not support its "
-                             "architecture") from err
+        raise ModelLoadError(f"cannot read the GGUF file {gguf_file} ({err}); the file is corrupt or truncated "
+                             "(download it again), or transformers does not support its architecture") from err
 
 
 def _dense_loading() -> dict:
