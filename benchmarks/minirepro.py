@@ -173,16 +173,14 @@ def main(argv=None) -> int:
 
     from endprompt_ray.config import load_config
     from endprompt_ray.evaluation import eval_lengths
-    from endprompt_ray.modeling import load_config as load_model_config
     from endprompt_ray.pipeline import quiet_logs
-    from endprompt_ray.rope import original_window
     from endprompt_ray.tracking import experiment_id
 
     args.output.mkdir(parents=True, exist_ok=True)
     quiet_logs(args.output / "minirepro.log")
     base = load_config(None, [f"run.output_dir={args.output.resolve()}", *args.overrides])
     P, L = base.method.physical_length, base.method.target_length
-    lengths = eval_lengths(base, original_window(load_model_config(base.model.name_or_path, base.model.tiny), base.rope))
+    lengths = eval_lengths(base)
     client = MlflowClient(base.tracking_uri)
     parent = client.create_run(experiment_id(client, base.tracking.experiment), run_name="minirepro",
                                tags={"endprompt.benchmark": "minirepro"})

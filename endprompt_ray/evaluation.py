@@ -32,8 +32,14 @@ class EvalReport:
                 "files": {k: str(p) for k, p in self.files.items()}}
 
 
-def eval_lengths(cfg: ExtendConfig, original_window: int) -> list[int]:
-    """eval.lengths, else the original window, half the target and the target (1x, 4x, 8x for 256 -> 2048)."""
+def eval_lengths(cfg: ExtendConfig, original_window: int | None = None) -> list[int]:
+    """eval.lengths, else the original window, half the target and the target (1x, 4x, 8x for 256 -> 2048).
+    The window is read from the model's config unless given."""
+    if original_window is None:
+        from .modeling import load_config
+        from .rope import original_window as window_of
+
+        original_window = window_of(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.rope)
     L = cfg.method.target_length
     return sorted(set(cfg.eval.lengths or [n for n in (original_window, L // 2, L) if 0 < n <= L]))
 
@@ -108,7 +114,7 @@ def _scores(results: dict) -> dict[str, dict[int, float]]:
     return out
 
 
-def evaluate_after_training(cfg: ExtendConfig, model_dir: Path, original_window: int) -> EvalReport:
+def evaluate_after_training(cfg: ExtendConfig, model_dir: Path) -> EvalReport:
     """Run the suites on every variant, write the comparison table and figure, log all of it to the active run."""
     import mlflow
 
@@ -116,7 +122,7 @@ def evaluate_after_training(cfg: ExtendConfig, model_dir: Path, original_window:
     from .eval.perplexity import log_perplexity_to_mlflow
     from .eval.ruler import log_ruler_to_mlflow
 
-    lengths = eval_lengths(cfg, original_window)
+    lengths = eval_lengths(cfg)
     root = cfg.run_dir / "eval"
     report = EvalReport(lengths=lengths, scores={}, labels={})
     for variant, label, load in _variants(cfg, model_dir):

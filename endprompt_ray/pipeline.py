@@ -19,7 +19,7 @@ from .evaluation import EvalReport, evaluate_after_training, format_comparison, 
 from .export import export_from_checkpoint
 from .modeling import load_config, load_tokenizer
 from .progress import training_bar
-from .rope import original_window, scaled_config
+from .rope import scaled_config
 from .train import deepspeed_config, make_trainer
 
 log = logging.getLogger("endprompt_ray")
@@ -79,8 +79,7 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
         tracking.log_data_report(report)
         model_dir = export_from_checkpoint(result.checkpoint, run_dir / "model")
         final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        evaluation = (evaluate_after_training(cfg, model_dir, original_window(load_config(
-            cfg.model.name_or_path, cfg.model.tiny), cfg.rope)) if cfg.eval.enabled else None)
+        evaluation = evaluate_after_training(cfg, model_dir) if cfg.eval.enabled else None
         mlflow.log_metric("wall_time_s", time.perf_counter() - started)
         if cfg.tracking.log_model:  # off by default: an 8B export is 16 GB
             mlflow.log_artifacts(str(model_dir), artifact_path="model")
