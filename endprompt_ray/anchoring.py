@@ -4,12 +4,19 @@ A training sample is a short physical sequence whose position ids may jump. For 
 target length L and a terminal prompt of b tokens:
 
     segment 1: the first P - b tokens of a document, position ids 0 .. P-b-1
-    segment 2: the terminal prompt (a fixed template, or the document's last b tokens),
-               position ids start .. start+b-1 with start in [P-b, L-b]
+    segment 2: the terminal prompt, position ids start .. start+b-1 with start in [P-b, L-b]
 
-so segment 2, attending to all of segment 1, sees relative distances up to about L. The baselines come from the
-same builder: `contiguous` (first P tokens, positions 0..P-1), `full_length` (first L tokens, positions 0..L-1) and
-`pose` (first P tokens cut into chunks whose positions skip ahead so that they span up to L).
+so segment 2, attending to all of segment 1, sees relative distances up to about L. The terminal prompt is one of:
+
+    template      a fixed text (the paper's end prompt)
+    tail          the document's last b tokens, as the reference's random-anchor collator builds it
+                  (finetune_suffix_random.py: head + the sample's last b tokens)
+    continuation  the b tokens right after segment 1, as the reference's fixed-anchor script builds it
+                  (fine_tune_suffix.py: its samples are pre-chunked to P tokens, so their last b tokens
+                  continue segment 1)
+
+The baselines come from the same builder: `contiguous` (first P tokens, positions 0..P-1), `full_length` (first L
+tokens, positions 0..L-1) and `pose` (PoSE as in its official code, see `pose_layout`).
 
 Every function works on a whole batch: documents are gathered from one flat token array with index arithmetic, and
 random draws are keyed by document content and a seed, so a sample gets the same draw whatever batch it lands in.
@@ -26,6 +33,8 @@ IGNORE_INDEX = -100  # the label value that Hugging Face causal-LM losses skip
 
 Method = Literal["endprompt", "contiguous", "full_length", "pose"]
 METHODS = ("endprompt", "contiguous", "full_length", "pose")
+PROMPT_SOURCES = ("template", "tail", "continuation")
+POSE_CONTENT_WINDOW = 5  # official PoSE truncates each document to 5 P tokens before drawing its content skips
 
 
 class AnchorError(ValueError):
@@ -39,9 +48,9 @@ class AnchorSpec:
     method: Method = "endprompt"
     physical_length: int = 8192  # P: tokens per training sample
     target_length: int = 65536  # L: the context window being trained for
-    prompt_source: Literal["template", "tail"] = "template"
+    prompt_source: Literal["template", "tail", "continuation"] = "template"
     prompt_ids: tuple[int, ...] = ()  # the tokenised template, for prompt_source="template"
-    tail_length: int = 20  # b, for prompt_source="tail"
+    tail_length: int = 20  # b, for prompt_source="tail" or "continuation"
     anchor: Literal["fixed", "random"] = "fixed"
     anchor_offset: int = 0  # fixed anchor: last terminal position = L - 1 - anchor_offset
     mask: Literal["none", "segment1", "segment2"] = "none"  # which segment's tokens get no loss
@@ -49,7 +58,7 @@ class AnchorSpec:
     eos_id: int | None = None  # joins packed documents
     pose_chunks: int = 2
     seed: int = 0
-    prefix_ids: tuple[int, ...] = field(default=())  # e.g. BOS, placed at the start of segment 1
+    prefix_ids: tuple[int, ...] = field(default=())  # e.g. BOS, placed at the start of every sample
 
     @property
     def prompt_length(self) -> int:
@@ -83,9 +92,11 @@ class AnchorSpec:
         if len(self.prefix_ids) >= P:
             raise AnchorError(f"prefix of {len(self.prefix_ids)} tokens leaves no room in physical_length={P}")
         if self.method == "endprompt":
+            if self.prompt_source not in PROMPT_SOURCES:
+                raise AnchorError(f"prompt_source={self.prompt_source!r} is not one of {PROMPT_SOURCES}")
             if self.prompt_source == "template" and not self.prompt_ids:
                 raise AnchorError("prompt_source='template' needs a non-empty prompt text")
-            if self.prompt_source == "tail" and self.tail_length < 1:
+            if self.prompt_source != "template" and self.tail_length < 1:
                 raise AnchorError(f"tail_length={self.tail_length} must be at least 1")
             if b >= P - len(self.prefix_ids):
                 raise AnchorError(f"terminal prompt of b={b} tokens does not fit in physical_length={P} "
@@ -133,10 +144,12 @@ def sample_keys(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed:
     return key
 
 
-def uniform_draws(keys: np.ndarray, low: int, high: int, stream: int = 0) -> np.ndarray:
-    """Integers uniform in [low, high] (inclusive), one per key; `stream` gives independent draws for one key."""
-    span = np.uint64(high - low + 1)
-    return (low + (_mix64(keys ^ _mix64(np.uint64(stream + 1) * np.ones_like(keys))) % span)).astype(np.int64)
+def uniform_draws(keys: np.ndarray, low, high, stream: int = 0) -> np.ndarray:
+    """Integers uniform in [low, high] (inclusive), one per key; `stream` gives independent draws for one key.
+    `low` and `high` are ints or per-key arrays (for draws bounded by an earlier draw)."""
+    low = np.asarray(low, dtype=np.int64)
+    span = (np.asarray(high, dtype=np.int64) - low + 1).astype(np.uint64)
+    return low + (_mix64(keys ^ _mix64(np.uint64(stream + 1) * np.ones_like(keys))) % span).astype(np.int64)
 
 
 def to_flat(documents: Sequence[Sequence[int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -196,35 +209,34 @@ def build_samples(documents: Sequence[Sequence[int]], spec: AnchorSpec) -> tuple
     flat, starts, lengths = to_flat(units)
     n, T = len(units), spec.sequence_length
     prefix = np.asarray(spec.prefix_ids, dtype=np.int64)
-    body = T - len(prefix)
     empty = np.zeros((0, T), dtype=np.int64)
     if n == 0:
         return {"input_ids": empty, "position_ids": empty, "labels": empty}, stats
 
+    # Each sample is read from its unit as the model would see it encoded: the prefix, then the document.
+    # `source` holds indices into that sequence, so every method is an index pattern plus position ids.
     keys = sample_keys(flat, starts, lengths, spec.seed)
+    available = len(prefix) + lengths
+    if spec.method == "pose":
+        source, position_ids = pose_layout(keys, available, T, spec.target_length, spec.pose_chunks)
+    else:
+        source = np.broadcast_to(np.arange(T), (n, T)).copy()  # continuation: segment 2 simply reads on past segment 1
+        position_ids = source.copy()
     b = spec.prompt_length
-    head = body - b  # content tokens of segment 1
-    cols = np.arange(head)
-    segment1 = flat[starts[:, None] + cols[None, :]]
     if spec.method == "endprompt":
-        if spec.prompt_source == "template":
-            segment2 = np.broadcast_to(np.asarray(spec.prompt_ids, dtype=np.int64), (n, b))
-        else:  # the document's last b tokens (a document of exactly P - prefix tokens has them right after segment 1)
-            segment2 = flat[(starts + lengths - b)[:, None] + np.arange(b)[None, :]]
-        input_ids = np.concatenate([np.broadcast_to(prefix, (n, len(prefix))), segment1, segment2], axis=1)
+        if spec.prompt_source == "tail":
+            source[:, T - b:] = (available - b)[:, None] + np.arange(b)[None, :]
+        elif spec.prompt_source == "template":
+            source[:, T - b:] = 0  # a placeholder the template overwrites: the unit may end before T
         P, L = spec.physical_length, spec.target_length
         if spec.anchor == "fixed":
             start2 = np.full(n, L - b - spec.anchor_offset, dtype=np.int64)
         else:
             start2 = uniform_draws(keys, P - b, L - b)
-        position_ids = np.empty((n, T), dtype=np.int64)
-        position_ids[:, : T - b] = np.arange(T - b)[None, :]
         position_ids[:, T - b:] = start2[:, None] + np.arange(b)[None, :]
-    else:
-        input_ids = np.concatenate([np.broadcast_to(prefix, (n, len(prefix))), segment1], axis=1)
-        position_ids = np.broadcast_to(np.arange(T), (n, T)).copy()
-        if spec.method == "pose":
-            position_ids += pose_position_skips(keys, T, spec.target_length, spec.pose_chunks)
+    input_ids = _gather(flat, starts, prefix, source)
+    if spec.method == "endprompt" and spec.prompt_source == "template":
+        input_ids[:, T - b:] = np.asarray(spec.prompt_ids, dtype=np.int64)[None, :]
 
     labels = input_ids.copy()
     if spec.method == "endprompt" and spec.mask == "segment1":
@@ -234,18 +246,45 @@ def build_samples(documents: Sequence[Sequence[int]], spec: AnchorSpec) -> tuple
     return {"input_ids": np.ascontiguousarray(input_ids), "position_ids": position_ids, "labels": labels}, stats
 
 
-def pose_position_skips(keys: np.ndarray, P: int, L: int, chunks: int) -> np.ndarray:
-    """PoSE: per sample, cut [0, P) into `chunks` chunks and shift chunk i by a skip u_i, with
-    0 = u_0 <= u_1 <= ... <= u_{k-1} <= L - P (sorted uniform draws), so the last position is at most L - 1.
+def _gather(flat: np.ndarray, starts: np.ndarray, prefix: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Tokens at `source` (indices into prefix + document, one row per unit)."""
+    k = len(prefix)
+    tokens = flat[starts[:, None] + np.maximum(source - k, 0)]
+    return np.where(source < k, prefix[np.minimum(source, k - 1)], tokens) if k else tokens
 
-    Returns the [n, P] array of skips to add to positions 0..P-1.
+
+def pose_layout(keys: np.ndarray, available: np.ndarray, P: int, L: int, chunks: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """PoSE as its official code draws it (dwzhu-pku/PoSE, src/train_pose.py, `train_preprocess_function_pose`).
+
+    A sample's P slots are cut into chunks at st_1 < ... < st_{k-1} (st_0 = 0). Chunk i reads its tokens from the
+    document at a content skip v_i and takes position ids shifted by a position skip u_i:
+
+        tokens    S[v_i + st_i : v_i + st_{i+1}]     S = prefix + document, truncated to 5 P tokens
+        positions st_i + u_i .. st_{i+1} - 1 + u_i
+
+    with v_0 = u_0 = 0, and for i = 1..k-1, drawn in this order (the official order for two chunks):
+        st_i  two chunks (the official code): [1, (P+1)//2];
+              more chunks (the official code has none; the paper's sequential rule, Sec. 3.2, with lengths
+              drawn as its appendix coverage code does for three chunks): [st_{i-1} + 1, P - (k - i)]
+        v_i   [v_{i-1}, len(S) - P]
+        u_i   [u_{i-1}, L - P]
+    so chunks never overlap in content or positions and the last position is at most L - 1.
+    Returns ([n, P] indices into S, [n, P] position ids).
     """
     n = len(keys)
-    if chunks == 1:
-        return np.zeros((n, P), dtype=np.int64)
-    cut_draws = np.stack([uniform_draws(keys, 1, P - 1, stream=i) for i in range(chunks - 1)], axis=1)
-    skip_draws = np.stack([uniform_draws(keys, 0, L - P, stream=100 + i) for i in range(chunks - 1)], axis=1)
-    cuts = np.sort(cut_draws, axis=1)  # chunk i covers [cuts[i-1], cuts[i])
-    skips = np.concatenate([np.zeros((n, 1), dtype=np.int64), np.sort(skip_draws, axis=1)], axis=1)
+    cuts = np.zeros((n, chunks - 1), dtype=np.int64)
+    content = np.zeros((n, chunks), dtype=np.int64)
+    skips = np.zeros((n, chunks), dtype=np.int64)
+    content_room = np.minimum(available, POSE_CONTENT_WINDOW * P) - P
+    previous_cut = np.zeros(n, dtype=np.int64)
+    for i in range(1, chunks):
+        stream = 3 * (i - 1)
+        high = (P + 1) // 2 if chunks == 2 else P - (chunks - i)
+        cuts[:, i - 1] = previous_cut = uniform_draws(keys, previous_cut + 1, high, stream)
+        content[:, i] = uniform_draws(keys, content[:, i - 1], content_room, stream + 1)
+        skips[:, i] = uniform_draws(keys, skips[:, i - 1], L - P, stream + 2)
     chunk_of = (np.arange(P)[None, None, :] >= cuts[:, :, None]).sum(axis=1)  # [n, P]
-    return np.take_along_axis(skips, chunk_of, axis=1)
+    slots = np.arange(P)[None, :]
+    return (slots + np.take_along_axis(content, chunk_of, axis=1),
+            slots + np.take_along_axis(skips, chunk_of, axis=1))

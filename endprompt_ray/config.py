@@ -44,9 +44,9 @@ class MethodConfig:
     kind: MethodKind = "endprompt"
     physical_length: int = 256  # P
     target_length: int = 2048  # L
-    prompt_source: Literal["template", "tail"] = "template"
+    prompt_source: Literal["template", "tail", "continuation"] = "template"  # anchoring.py: what each matches
     prompt_text: str = DEFAULT_PROMPT
-    tail_length: int = 20
+    tail_length: int = 20  # b for the tail and continuation prompts (reference: 20)
     anchor: Literal["fixed", "random"] = "random"  # random: the better of the two on the toy base (README)
     anchor_offset: int = 0
     mask: Literal["none", "segment1", "segment2"] = "none"
@@ -229,8 +229,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ConfigError(f"{where}={value!r} must be one of {list(typing.get_args(hint))}")
+        allowed = list(typing.get_args(hint))
+        if value not in allowed:
+            raise ConfigError(f"{where}={value!r} must be one of {allowed}; set one of them in the config file "
+                              f"or on the command line (e.g. --set {where.split('[')[0]}={allowed[0]})")
         return value
     if origin in (list, tuple):
         items = value if isinstance(value, (list, tuple)) else [  # "a,b" from --set

@@ -234,12 +234,24 @@ def anchor_batch(batch: dict, spec: AnchorSpec, stats) -> dict:
     return samples
 
 
+def bos_prefix(tokenizer) -> tuple[int, ...]:
+    """(BOS,) when the tokenizer itself puts BOS before a text, else (). Evaluation encodes its prompts with the
+    tokenizer's own special tokens, so training samples start the same way; a tokenizer that merely defines a BOS
+    (GPT-2 style, e.g. SmolLM2) never sees one at the start of a text and must not be trained on it."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return ()
+    encoded = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return (bos,) if encoded[:1] == [bos] and plain[:1] != [bos] else ()
+
+
 def anchor_spec(cfg: ExtendConfig, tokenizer) -> AnchorSpec:
     """The method settings with the tokenizer's facts (template ids, EOS, BOS prefix) filled in."""
     m = cfg.method
     kind = "contiguous" if m.kind == "rope_only" else m.kind
     prompt_ids = tuple(tokenizer(m.prompt_text, add_special_tokens=False)["input_ids"]) if m.prompt_text else ()
-    prefix = (tokenizer.bos_token_id,) if tokenizer.bos_token_id is not None else ()
+    prefix = bos_prefix(tokenizer)
     return AnchorSpec(method=kind, physical_length=m.physical_length, target_length=m.target_length,
                       prompt_source=m.prompt_source, prompt_ids=prompt_ids, tail_length=m.tail_length,
                       anchor=m.anchor, anchor_offset=m.anchor_offset, mask=m.mask, short_docs=m.short_docs,

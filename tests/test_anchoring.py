@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from endprompt_ray.anchoring import IGNORE_INDEX, AnchorError, AnchorSpec, build_samples, pack_short_documents
+from endprompt_ray.anchoring import (IGNORE_INDEX, AnchorError, AnchorSpec, build_samples, pack_short_documents,
+                                     sample_keys, to_flat, uniform_draws)
 
 
 def spec(**kw):
@@ -41,6 +42,32 @@ def test_template_fixed_with_bos_prefix_and_offset():
     # the largest offset puts segment 2 right after segment 1: plain contiguous positions
     out, _ = build_samples([DOC], spec(anchor_offset=24))
     np.testing.assert_array_equal(out["position_ids"], [np.arange(8)])
+
+
+def test_reference_numbers_continuation_fixed():
+    """The fixed-anchor reference's sample: a P-token chunk whose last 20 tokens (the ones after segment 1) sit at
+    positions 65516..65535."""
+    doc = np.arange(10_000) + 5
+    s = AnchorSpec(physical_length=8192, target_length=65536, prompt_source="continuation", tail_length=20,
+                   anchor="fixed", short_docs="skip").validate()
+    out, _ = build_samples([doc], s)
+    np.testing.assert_array_equal(out["input_ids"][0], doc[:8192])
+    np.testing.assert_array_equal(out["position_ids"][0], np.r_[np.arange(8172), np.arange(65516, 65536)])
+
+
+@pytest.mark.parametrize("source, prefix, segment2", [
+    ("tail", (), [28, 29]), ("continuation", (), [16, 17]),  # segment 1 is 10..15
+    ("tail", (1,), [28, 29]), ("continuation", (1,), [15, 16]),  # segment 1 is BOS + 10..14
+])
+def test_tail_and_continuation_prompts(source, prefix, segment2):
+    doc = list(range(10, 30))  # 20 tokens: 10..29
+    out, _ = build_samples([doc], spec(prompt_source=source, tail_length=2, prefix_ids=prefix))
+    head = list(prefix) + list(range(10, 16 - len(prefix)))
+    np.testing.assert_array_equal(out["input_ids"], [head + segment2])
+    np.testing.assert_array_equal(out["position_ids"], [[0, 1, 2, 3, 4, 5, 30, 31]])
+    # both need P - prefix document tokens (no token used twice); a shorter document is skipped and counted
+    out, stats = build_samples([doc[: 7 - len(prefix)]], spec(prompt_source=source, tail_length=2, prefix_ids=prefix))
+    assert out["input_ids"].shape == (0, 8) and stats["skipped_short"] == 1
 
 
 def test_tail_document_of_exactly_p_tokens():
@@ -100,26 +127,79 @@ def test_contiguous_and_full_length_baselines():
     np.testing.assert_array_equal(out["position_ids"], [np.arange(12)])
 
 
-def test_pose_positions_enumerated():
-    """P = 4, L = 5, two chunks: the only valid position arrays are 0123 with one chunk shifted by the single skip."""
-    allowed = {(0, 1, 2, 3), (0, 2, 3, 4), (0, 1, 3, 4), (0, 1, 2, 4)}
+def pose_spec(**kw):
+    return spec(method="pose", short_docs="skip", **kw)
+
+
+def test_pose_two_chunks_forced_by_the_ranges():
+    """P = 4, L = 5, a 4-token document: the first cut is 1 or 2 (official range [1, (P+1)//2]), the content skip
+    is 0 (nothing beyond P tokens) and the position skip is 0 or 1, so exactly three position arrays exist."""
     rng = np.random.default_rng(1)
-    docs = [rng.integers(3, 1000, size=6) for _ in range(400)]
-    out, _ = build_samples(docs, spec(method="pose", physical_length=4, target_length=5, pose_chunks=2))
-    seen = {tuple(row) for row in out["position_ids"]}
-    assert seen == allowed
+    docs = [rng.integers(3, 1000, size=4) for _ in range(400)]
+    out, _ = build_samples(docs, pose_spec(physical_length=4, target_length=5))
+    assert {tuple(row) for row in out["position_ids"]} == {(0, 1, 2, 3), (0, 2, 3, 4), (0, 1, 3, 4)}
+    np.testing.assert_array_equal(out["input_ids"], np.stack(docs))
 
 
-def test_pose_many_chunks_span_target():
+def test_pose_content_skip_forced_by_the_ranges():
+    """P = 2: the cut is forced to 1, so a sample is [d0, d1] or [d0, d2] for a 3-token document."""
+    docs = [[100 + 3 * i, 101 + 3 * i, 102 + 3 * i] for i in range(200)]
+    out, _ = build_samples(docs, pose_spec(physical_length=2, target_length=6))
+    first, second = out["input_ids"][:, 0], out["input_ids"][:, 1] - out["input_ids"][:, 0]
+    np.testing.assert_array_equal(first, [d[0] for d in docs])
+    assert set(second) == {1, 2}  # both content skips occur
+    assert (out["position_ids"][:, 0] == 0).all() and set(out["position_ids"][:, 1]) == {1, 2, 3, 4, 5}
+
+
+def _pose_by_hand(docs, prefix, P, L, k, seed):
+    """The official PoSE draws, spelled out per document with the project's keyed draws (one stream per draw:
+    cut, content skip, position skip for chunk 1, then the same for chunk 2, ...)."""
+    flat, starts, lengths = to_flat(docs)
+    keys = sample_keys(flat, starts, lengths, seed)
+    ids, positions = [], []
+    for key, doc in zip(keys, docs):
+        key = np.array([key])
+        seq = (list(prefix) + list(doc))[: 5 * P]
+        cuts, content, skips = [0], [0], [0]
+        for i in range(1, k):
+            high = (P + 1) // 2 if k == 2 else P - (k - i)
+            cuts.append(int(uniform_draws(key, cuts[-1] + 1, high, 3 * (i - 1))[0]))
+            content.append(int(uniform_draws(key, content[-1], len(seq) - P, 3 * (i - 1) + 1)[0]))
+            skips.append(int(uniform_draws(key, skips[-1], L - P, 3 * (i - 1) + 2)[0]))
+        ends = cuts[1:] + [P]
+        ids.append(sum((seq[v + a: v + e] for a, e, v in zip(cuts, ends, content)), []))
+        positions.append(sum((list(range(a + u, e + u)) for a, e, u in zip(cuts, ends, skips)), []))
+    return np.array(ids), np.array(positions)
+
+
+@pytest.mark.parametrize("k, prefix", [(2, (1,)), (2, ()), (3, (1,)), (4, ())])
+def test_pose_matches_draws_computed_by_hand(k, prefix):
+    rng = np.random.default_rng(k)
+    docs = [rng.integers(3, 1000, size=rng.integers(8, 60)) for _ in range(300)]  # some beyond the 5 P window
+    s = pose_spec(physical_length=8, target_length=64, pose_chunks=k, prefix_ids=prefix, seed=3)
+    out, _ = build_samples(docs, s)
+    ids, positions = _pose_by_hand(docs, prefix, 8, 64, k, seed=3)
+    np.testing.assert_array_equal(out["input_ids"], ids)
+    np.testing.assert_array_equal(out["position_ids"], positions)
+    np.testing.assert_array_equal(out["labels"], ids)
+
+
+def test_pose_draw_ranges():
+    """Official ranges at P = 256, L = 4096: first cut in [1, 128], content skip up to 5P - P, position skip up to
+    L - P; with three chunks both kinds of skip are non-decreasing and positions stay below L."""
     rng = np.random.default_rng(2)
-    docs = [rng.integers(3, 1000, size=300) for _ in range(200)]
-    out, _ = build_samples(docs, spec(method="pose", physical_length=256, target_length=4096, pose_chunks=3))
-    pos = out["position_ids"]
-    steps = np.diff(pos, axis=1)
-    assert (pos[:, 0] == 0).all() and (pos <= 4095).all() and (steps >= 1).all()
-    assert ((steps > 1).sum(axis=1) <= 2).all()  # at most chunks - 1 jumps
-    assert pos[:, -1].max() > 3500  # skips reach far toward L
-    np.testing.assert_array_equal(out["input_ids"], np.stack([d[:256] for d in docs]))
+    docs = [np.arange(int(n)) for n in rng.integers(256, 3000, size=400)]  # a token's value is its index
+    out, _ = build_samples(docs, pose_spec(physical_length=256, target_length=4096, pose_chunks=2))
+    ids, pos = out["input_ids"], out["position_ids"]
+    jumps = (np.diff(ids, axis=1) != 1) | (np.diff(pos, axis=1) != 1)  # the cut shows where either skip is > 0
+    cut = jumps.argmax(axis=1)[jumps.any(axis=1)] + 1
+    assert cut.max() <= 128 and cut.max() > 110
+    assert ids[:, -1].max() <= 5 * 256 - 1 and ids[:, -1].max() > 1200  # the content window is 5 P tokens
+    assert pos[:, -1].max() <= 4095 and pos[:, -1].max() > 3900
+    out, _ = build_samples(docs, pose_spec(physical_length=256, target_length=4096, pose_chunks=3))
+    ids, pos = out["input_ids"], out["position_ids"]
+    assert (np.diff(ids, axis=1) >= 1).all() and (np.diff(pos, axis=1) >= 1).all()
+    assert ((np.diff(pos, axis=1) > 1).sum(axis=1) <= 2).all() and (pos <= 4095).all() and (pos[:, 0] == 0).all()
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -129,6 +209,9 @@ def test_pose_many_chunks_span_target():
     (dict(anchor_offset=-1), "past the target"),
     (dict(short_docs="pack", eos_id=None), "no eos_token"),
     (dict(prompt_ids=()), "non-empty prompt"),
+    (dict(prompt_source="suffix"), "not one of"),
+    (dict(prompt_source="continuation", tail_length=0), "tail_length=0"),
+    (dict(method="pose", physical_length=4, pose_chunks=5), "pose_chunks=5"),
 ])
 def test_invalid_settings_explain_themselves(kw, message):
     with pytest.raises(AnchorError, match=message):

@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from endprompt_ray.config import config_from_dict, load_config
+import pytest
+
+from endprompt_ray.config import ConfigError, config_from_dict, load_config
 from endprompt_ray.train import deepspeed_config, scaling_config
 
 
@@ -40,3 +42,13 @@ def test_paper_preset_matches_the_paper():
     cfg = load_config(Path(__file__).parent.parent / "configs" / "llama3-8b-64k.yaml")
     assert (cfg.method.physical_length, cfg.method.target_length) == (8192, 65536)
     assert cfg.rope.type == "linear" and cfg.rope.round_up and cfg.train.deepspeed_config.endswith("zero3.json")
+
+
+def test_prompt_sources():
+    for source in ("template", "tail", "continuation"):
+        assert load_config(None, [f"method.prompt_source={source}"]).method.prompt_source == source
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.prompt_source=end"])
+    assert str(err.value) == ("method.prompt_source='end' must be one of ['template', 'tail', 'continuation']; set one "
+                              "of them in the config file or on the command line "
+                              "(e.g. --set method.prompt_source=template)")

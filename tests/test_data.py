@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from endprompt_ray.anchoring import build_samples
 from endprompt_ray.config import load_config
-from endprompt_ray.data import build_dataset, data_report
+from endprompt_ray.data import anchor_spec, build_dataset, data_report
 from endprompt_ray.demo_corpus import generate_documents
 
 P, L = 64, 1024
@@ -93,3 +94,35 @@ def test_resumed_stream_skips_consumed_batches_across_epochs(local_ray):
         assert epoch == epoch_batch[0]
         torch.testing.assert_close(batch["input_ids"], epoch_batch[1]["input_ids"])
     assert [e for e, _ in expected] == [0, 0, 0, 1, 1, 1, 2]
+
+
+def _word_tokenizer(adds_bos: bool, bos: str | None = "<s>"):
+    """A real fast tokenizer built locally: whitespace words, and a BOS that it adds itself or only defines."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<s>", "</s>", "<pad>", "<unk>"] + [f"w{i}" for i in range(20)]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if adds_bos:
+        core.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+@pytest.mark.parametrize("adds_bos, bos", [(True, "<s>"), (False, "<s>"), (False, None)])
+def test_bos_prefix_only_when_the_tokenizer_adds_one(adds_bos, bos):
+    """Segment 1 starts as evaluation's encoding starts: with BOS only if the tokenizer itself puts it there."""
+    tokenizer = _word_tokenizer(adds_bos, bos)
+    assert (tokenizer("w0")["input_ids"][0] == 0) == adds_bos  # what evaluation's add_special_tokens=True gives
+    cfg = load_config(None, ["method.physical_length=8", "method.target_length=32", "method.anchor=fixed",
+                             "method.prompt_source=continuation", "method.tail_length=2", "method.short_docs=skip"])
+    spec = anchor_spec(cfg, tokenizer)
+    assert spec.prefix_ids == ((0,) if adds_bos else ())
+    doc = tokenizer(" ".join(f"w{i}" for i in range(12)), add_special_tokens=False)["input_ids"]
+    assert doc == list(range(4, 16))  # w0..w11
+    out, _ = build_samples([doc], spec)
+    expected = [0, 4, 5, 6, 7, 8, 9, 10] if adds_bos else [4, 5, 6, 7, 8, 9, 10, 11]
+    np.testing.assert_array_equal(out["input_ids"], [expected])
+    np.testing.assert_array_equal(out["position_ids"], [[0, 1, 2, 3, 4, 5, 30, 31]])
