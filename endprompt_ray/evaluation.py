@@ -33,13 +33,15 @@ class EvalReport:
 
 
 def eval_lengths(cfg: ExtendConfig, original_window: int | None = None) -> list[int]:
-    """eval.lengths, else the original window, half the target and the target (1x, 4x, 8x for 256 -> 2048).
-    The window is read from the model's config unless given."""
+    """eval.lengths, else the window the scaling extends, half the target and the target (1x, 4x, 8x for 256 -> 2048).
+
+    The window is rope.extension_window of the base model's config unless given: not the exported config's
+    max_position_embeddings, which is the target for most types but stays the original window for dynamic NTK."""
     if original_window is None:
         from .modeling import load_config
-        from .rope import original_window as window_of
+        from .rope import extension_window
 
-        original_window = window_of(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.rope)
+        original_window = extension_window(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.rope)
     L = cfg.method.target_length
     return sorted(set(cfg.eval.lengths or [n for n in (original_window, L // 2, L) if 0 < n <= L]))
 
@@ -57,12 +59,13 @@ def _variants(cfg: ExtendConfig, model_dir: Path):
     """(name, label, loader) for each model to evaluate; loaders run one at a time so one model is in memory."""
     from .eval.generation import load_model_and_tokenizer
     from .modeling import load_config, load_model, load_tokenizer
-    from .rope import scaled_config
+    from .rope import describe, scaled_config
 
     name, tiny = cfg.model.name_or_path, cfg.model.tiny
     steps = cfg.train_steps
-    scaled = scaled_config(load_config(name, tiny), cfg.method.target_length, cfg.rope)
-    scaling = (f"{cfg.rope.type} x{scaled.rope_parameters['factor']:g}" if cfg.rope.type != "none" else "no scaling")
+    base_config = load_config(name, tiny)
+    scaled = scaled_config(base_config, cfg.method.target_length, cfg.rope)
+    scaling = describe(base_config, cfg.method.target_length, cfg.rope)  # s, not transformers' dynamic factor
     out = []
     if cfg.eval.compare:
         out.append(("base", "base (no scaling)",
@@ -86,17 +89,21 @@ def run_suites(cfg: ExtendConfig, model, tokenizer, lengths: list[int], out_dir:
     from .eval.passkey import PasskeySettings, run_passkey
     from .eval.perplexity import PerplexitySettings, run_perplexity
     from .eval.ruler import run_ruler
+    from .rope import reset_dynamic_rope
 
     e, results = cfg.eval, {}
     if "passkey" in e.suites:
+        reset_dynamic_rope(model)  # each suite runs its lengths in ascending order from the original frequencies
         results["passkey"] = run_passkey(model, tokenizer, PasskeySettings(
             lengths=lengths, depths=e.passkey_depths or None, num_samples=e.passkey_samples,
             batch_size=e.batch_size, seed=cfg.run.seed), out_dir / "passkey")
     if "ppl" in e.suites:
+        reset_dynamic_rope(model)
         results["ppl"] = run_perplexity(model, tokenizer, PerplexitySettings(
             lengths=lengths, documents_path=e.ppl_documents, num_documents=e.ppl_num_documents,
             batch_size=e.batch_size), out_dir / "ppl")
     if "ruler" in e.suites:
+        reset_dynamic_rope(model)
         results["ruler"] = run_ruler(model, tokenizer, ruler_settings(cfg), out_dir / "ruler")
     return results
 

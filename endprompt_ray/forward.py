@@ -3,8 +3,9 @@
 transformers infers "packed sequences" from position ids whenever the call has no attention mask and no cache
 (exactly the training call): a jump in position ids is read as a document boundary, attention is cut there, and
 EndPrompt silently degrades to two unrelated snippets. We therefore always pass an explicit all-ones attention mask
-(eager, SDPA, flex), and for flash-attention, which drops an all-ones mask and would re-infer boundaries from
-position ids at batch size 1, explicit cumulative sequence lengths that make every row one whole sequence.
+(eager, SDPA, flex), and on transformers' flash-attention path, which drops an all-ones mask and would re-infer
+boundaries from position ids at batch size 1, explicit cumulative sequence lengths that make every row one whole
+sequence.
 """
 
 from __future__ import annotations
@@ -12,10 +13,32 @@ from __future__ import annotations
 import torch
 
 
+def uses_flash_path(attn_implementation: str | None) -> bool:
+    """Whether transformers runs `attn_implementation` through its flash-attention wrapper.
+
+    That is every name transformers itself treats as flash ("flash" in the name, after an optional "paged|"
+    prefix): flash_attention_2/3/4, which fall back to hub kernels when the package is missing, and hub kernels such
+    as kernels-community/flash-attn2 or kernels-community/vllm-flash-attn3. A hub kernel named otherwise counts once
+    a model has loaded it and transformers has registered it with its flash wrapper or flash mask (it does so for
+    every kernel that exposes flash_attn_varlen_func).
+    """
+    from transformers.utils.generic import is_flash_attention_requested
+
+    name = (attn_implementation or "").removeprefix("paged|")
+    if is_flash_attention_requested(requested_attention_implementation=name):
+        return True
+    from transformers.integrations.flash_attention import flash_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return (ALL_ATTENTION_FUNCTIONS.get(name) is flash_attention_forward
+            or ALL_MASK_ATTENTION_FUNCTIONS.get(name) is flash_attention_mask)
+
+
 def attention_kwargs(input_ids: torch.Tensor, attn_implementation: str) -> dict:
     batch, length = input_ids.shape
     kwargs = {"attention_mask": torch.ones(batch, length, dtype=torch.long, device=input_ids.device)}
-    if attn_implementation.startswith("flash_attention"):
+    if uses_flash_path(attn_implementation):
         cu = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=input_ids.device)
         kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=length, max_length_k=length)
     return kwargs
@@ -25,4 +48,3 @@ def training_forward(model, batch: dict[str, torch.Tensor], attn_implementation:
     """Forward with loss; `model` may be a DeepSpeed engine or a plain Hugging Face model."""
     return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
                  use_cache=False, **attention_kwargs(batch["input_ids"], attn_implementation))
-

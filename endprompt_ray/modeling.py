@@ -168,14 +168,37 @@ def load_model(name_or_path: str, config=None, attn_implementation: str = "sdpa"
     """Load weights; `config` (e.g. with scaled RoPE) replaces the checkpoint's own."""
     from transformers import AutoModelForCausalLM
 
-    if attn_implementation.startswith("flash_attention"):
-        from transformers.utils import is_flash_attn_2_available
-
-        if not is_flash_attn_2_available():
-            raise ModelLoadError(f"model.attn_implementation={attn_implementation!r} needs flash-attn on a CUDA "
-                                 "GPU: pip install 'endprompt-ray[gpu]', or use model.attn_implementation=sdpa")
+    check_attn_implementation(attn_implementation)
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path, tiny), config=config,
                                                 attn_implementation=attn_implementation, dtype=dtype)
+
+
+def check_attn_implementation(attn_implementation: str) -> None:
+    """Fail early, in one line, when a flash-path implementation (see forward.uses_flash_path) cannot load here."""
+    import re
+
+    from transformers.integrations.hub_kernels import is_kernel
+    from transformers.utils import (is_flash_attn_2_available, is_flash_attn_3_available, is_flash_attn_4_available,
+                                    is_kernels_available)
+
+    from .forward import uses_flash_path
+
+    if not uses_flash_path(attn_implementation):
+        return
+    name = attn_implementation.removeprefix("paged|")
+    if is_kernel(name):
+        if not is_kernels_available():
+            raise ModelLoadError(f"model.attn_implementation={attn_implementation!r} is a Hugging Face hub kernel: it "
+                                 "needs the kernels package (pip install kernels), hub access and a GPU it is built "
+                                 "for; or use model.attn_implementation=sdpa")
+        return
+    version = re.fullmatch(r"flash_attention_(\d)", name)
+    installed = {"2": is_flash_attn_2_available, "3": is_flash_attn_3_available, "4": is_flash_attn_4_available}
+    if version and version[1] in installed and not (installed[version[1]]() or is_kernels_available()):
+        # without the package, transformers falls back to the matching hub kernel when `kernels` is installed
+        raise ModelLoadError(f"model.attn_implementation={attn_implementation!r} needs flash-attn on a CUDA GPU "
+                             "(pip install 'endprompt-ray[gpu]') or the kernels package (pip install kernels); "
+                             "or use model.attn_implementation=sdpa")
 
 
 def enable_activation_checkpointing(model) -> None:

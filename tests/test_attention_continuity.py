@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from endprompt_ray.anchoring import AnchorSpec, build_samples
-from endprompt_ray.forward import attention_kwargs, training_forward
-from endprompt_ray.modeling import enable_activation_checkpointing, load_config, load_model, load_tokenizer
+from endprompt_ray.forward import attention_kwargs, training_forward, uses_flash_path
+from endprompt_ray.modeling import (ModelLoadError, check_attn_implementation, enable_activation_checkpointing,
+                                    load_config, load_model, load_tokenizer)
 from endprompt_ray.rope import RopeScaling, scaled_config
 
 P, L = 64, 2048
@@ -75,3 +76,60 @@ def test_flash_attention_kwargs_make_each_row_one_sequence():
     assert kwargs["cu_seq_lens_q"].tolist() == [0, 10, 20, 30] and kwargs["max_length_k"] == 10
     assert kwargs["attention_mask"].shape == (3, 10) and kwargs["attention_mask"].all()
     assert set(attention_kwargs(ids, "sdpa")) == {"attention_mask"}
+
+
+# Names transformers documents for attn_implementation, and the hub kernels it falls back to for flash_attention_N
+FLASH_PATH = ["flash_attention_2", "flash_attention_3", "flash_attention_4", "paged|flash_attention_2",
+              "kernels-community/flash-attn", "kernels-community/flash-attn2", "kernels-community/flash-attn3",
+              "kernels-community/vllm-flash-attn3", "kernels-community/aiter-flash-attn",
+              "kernels-community/flash-attn4", "kernels-community/flash-attn2@v4",
+              "paged|kernels-community/flash-attn2"]
+OTHER_PATHS = ["sdpa", "eager", "flex_attention", "paged|eager", "paged|sdpa", None]
+
+
+@pytest.mark.parametrize("name", FLASH_PATH)
+def test_flash_path_names(name):
+    assert uses_flash_path(name)
+    kwargs = attention_kwargs(torch.zeros(1, 7, dtype=torch.long), name)  # batch size 1: where boundaries get guessed
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 7] and kwargs["max_length_q"] == 7
+
+
+@pytest.mark.parametrize("name", OTHER_PATHS)
+def test_non_flash_names(name):
+    assert not uses_flash_path(name)
+
+
+def test_transformers_own_flash_fallbacks_are_covered():
+    from transformers.modeling_flash_attention_utils import FLASH_ATTN_KERNEL_FALLBACK, FLASH_ATTN_KERNEL_VERSIONS
+
+    assert all(uses_flash_path(n) for n in [*FLASH_ATTN_KERNEL_FALLBACK, *FLASH_ATTN_KERNEL_FALLBACK.values(),
+                                              *FLASH_ATTN_KERNEL_VERSIONS])
+
+
+def test_a_hub_kernel_registered_with_the_flash_wrapper_counts_whatever_its_name():
+    """What transformers' load_and_register_attn_kernel does for a kernel exposing flash_attn_varlen_func."""
+    from transformers.integrations.flash_attention import flash_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, flash_attention_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    name = "some-org/varlen-kernel"
+    assert not uses_flash_path(name)
+    AttentionInterface.register(name, flash_attention_forward)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])
+    try:
+        assert ALL_MASK_ATTENTION_FUNCTIONS[name] is flash_attention_mask and uses_flash_path(name)
+    finally:
+        del ALL_ATTENTION_FUNCTIONS._global_mapping[name], ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[name]
+    assert not uses_flash_path(name)
+
+
+def test_flash_path_without_its_packages_fails_in_one_line():
+    from transformers.utils import is_flash_attn_3_available, is_kernels_available
+
+    if is_kernels_available() or is_flash_attn_3_available():
+        pytest.skip("flash attention can load here")
+    with pytest.raises(ModelLoadError, match="is a Hugging Face hub kernel: it needs the kernels package"):
+        check_attn_implementation("kernels-community/vllm-flash-attn3")
+    with pytest.raises(ModelLoadError, match="'flash_attention_3' needs flash-attn on a CUDA GPU"):
+        check_attn_implementation("flash_attention_3")
+    check_attn_implementation("sdpa")

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from endprompt_ray.config import load_config
-from endprompt_ray.evaluation import EvalReport, eval_lengths, format_comparison, write_comparison
+from endprompt_ray.evaluation import EvalReport, eval_lengths, format_comparison, run_suites, write_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -19,6 +19,38 @@ def test_default_lengths_are_the_window_half_and_full_target():
     cfg = load_config(None, ["method.target_length=65536", "method.physical_length=8192"])
     assert eval_lengths(cfg, original_window=8192) == [8192, 32768, 65536]
     assert eval_lengths(load_config(None, ["eval.lengths=[512, 300]"]), original_window=256) == [300, 512]
+
+
+@pytest.mark.parametrize("rope_type", ["linear", "dynamic", "yarn", "llama3"])
+def test_default_lengths_from_the_toy_base_for_every_rope_type(rope_type):
+    """Read from the base model (window 256), not the exported config: dynamic NTK keeps its window there."""
+    cfg = load_config(None, [f"rope.type={rope_type}"])
+    assert eval_lengths(cfg) == [256, 1024, 2048]
+
+
+def test_dynamic_ntk_scores_do_not_depend_on_what_ran_before(tmp_path):
+    """transformers keeps a dynamic rotary module scaled for the longest call it has seen; each suite starts over."""
+    import torch
+
+    from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
+    from endprompt_ray.modeling import load_config as load_model_config
+    from endprompt_ray.modeling import load_model, load_tokenizer
+    from endprompt_ray.rope import scaled_config
+
+    cfg = load_config(None, ["rope.type=dynamic", "eval.suites=[ppl]", "eval.ppl_num_documents=2"])
+    model = load_model("tiny-base", config=scaled_config(load_model_config("tiny-base"), 2048, cfg.rope)).eval()
+    tokenizer = load_tokenizer("tiny-base")
+
+    def long_call():  # what a passkey run at L leaves behind
+        with torch.no_grad():
+            model(input_ids=torch.ones(1, 2048, dtype=torch.long), position_ids=torch.arange(2048)[None])
+
+    fresh = run_suites(cfg, model, tokenizer, [256, 1024], tmp_path / "a")["ppl"].ppl
+    long_call()
+    assert run_suites(cfg, model, tokenizer, [256, 1024], tmp_path / "b")["ppl"].ppl == fresh
+    long_call()
+    stale = run_perplexity(model, tokenizer, PerplexitySettings(lengths=[256, 1024], num_documents=2), tmp_path / "c")
+    assert stale.ppl[256] != pytest.approx(fresh[256], rel=1e-3)  # without the reset: L's base at the window
 
 
 def test_comparison_table_and_files(tmp_path):
