@@ -77,10 +77,13 @@ class TrainConfig:
     learning_rate: float = 2e-4  # the toy base's measured best (1e-3 and longer runs lose long-range retrieval)
     weight_decay: float = 0.0
     warmup_steps: int = 10
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up; constant is the paper's
+    min_lr_ratio: float = 0.0  # linear/cosine decay to this fraction of learning_rate at max_steps
     max_steps: int = 400
     checkpoint_every: int = 200
     report_every: int = 10  # steps per metrics report (losses and times are averaged over them)
     gradient_checkpointing: bool = True
+    loss_chunk_size: int = 0  # > 0: loss over this many positions at a time, never the full logits (loss.py)
     bf16: bool | None = None  # None: on with GPUs, off on CPU
     max_failures: int = 0
 
@@ -191,6 +194,10 @@ class ExtendConfig:
                 raise ConfigError(f"train.{name} must be at least 1")
         if t.max_steps < 0:
             raise ConfigError("train.max_steps must be >= 0")
+        if t.warmup_steps < 0 or t.loss_chunk_size < 0:
+            raise ConfigError("train.warmup_steps and train.loss_chunk_size must be >= 0 (0: no warm-up / no chunking)")
+        if not 0.0 <= t.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (a fraction of learning_rate)")
         e = self.eval
         if e.enabled and not e.suites:
             raise ConfigError("eval.suites is empty: name at least one of passkey, ppl, ruler, or set eval.enabled=false")

@@ -15,7 +15,8 @@ from ray.train import UserCallback
 from .config import ExtendConfig, dump_yaml
 
 RUN_NAME_TAG = "endprompt.run_name"
-TRAIN_METRICS = ("loss", "learning_rate", "tokens_per_s", "step_time_s", "peak_memory_mb", "epoch")
+TRAIN_METRICS = ("loss", "learning_rate", "tokens_per_s", "step_time_s", "checkpoint_s", "peak_memory_mb",
+                 "peak_memory_delta_mb", "epoch")
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

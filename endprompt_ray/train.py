@@ -22,9 +22,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from .config import ExtendConfig, config_from_dict
 from .export import EXPORT_SUBDIR, save_hf_model
-from .forward import training_forward
+from .loss import training_loss
 from .modeling import enable_activation_checkpointing, load_config, load_model, load_tokenizer
 from .rope import scaled_config
+from .schedule import lr_scheduler_factory
 
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
 PROGRESS_FILE = "progress.json"
@@ -39,12 +40,12 @@ def deepspeed_config(cfg: ExtendConfig, world_size: int) -> dict:
     ds["train_batch_size"] = t.micro_batch_size * t.gradient_accumulation_steps * world_size
     ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     params = ds["optimizer"].setdefault("params", {})
-    params.update(lr=t.learning_rate, weight_decay=t.weight_decay, betas=[0.9, 0.95], eps=1e-8)
+    params.update(lr=t.learning_rate, weight_decay=t.weight_decay)
+    params.setdefault("betas", [0.9, 0.95])  # the JSON's own betas and eps win
+    params.setdefault("eps", 1e-8)
     if not t.use_gpu:
         params["torch_adam"] = True  # DeepSpeed's fused Adam needs CUDA
-    ds.setdefault("scheduler", {"type": "WarmupLR", "params": {
-        "warmup_min_lr": 0.0, "warmup_max_lr": t.learning_rate, "warmup_num_steps": max(t.warmup_steps, 1),
-        "warmup_type": "linear"}})  # linear warm-up, then constant (the paper's schedule)
+    # no "scheduler" here: train.lr_schedule is passed to deepspeed.initialize (a scheduler in the JSON wins)
     bf16 = t.use_gpu if t.bf16 is None else t.bf16
     ds["bf16"] = {"enabled": bool(bf16)}
     return ds
@@ -105,6 +106,42 @@ def _batches(shard, micro_batch_size: int, device, skip: int = 0):
         epoch += 1
 
 
+class _Window:
+    """Per-rank sums between two reports, reduced over all ranks when reported: the loss is the mean over every
+    rank's micro-batches, tokens/s counts every rank's tokens over the slowest rank's time."""
+
+    def __init__(self) -> None:
+        self.last_loss, self._step_losses = 0.0, []
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = self.micro_batches = self.tokens = self.seconds = self.steps = 0
+
+    def add_micro(self, loss: float, tokens: int) -> None:
+        self._step_losses.append(loss)
+        self.loss_sum, self.micro_batches, self.tokens = self.loss_sum + loss, self.micro_batches + 1, self.tokens + tokens
+
+    def end_step(self, seconds: float) -> None:
+        self.last_loss = sum(self._step_losses) / len(self._step_losses)  # rank 0's, for the progress bar
+        self._step_losses.clear()
+        self.seconds, self.steps = self.seconds + seconds, self.steps + 1
+
+    def reduce(self, device) -> dict:
+        import torch
+        import torch.distributed as dist
+
+        sums = torch.tensor([self.loss_sum, self.micro_batches, self.tokens], dtype=torch.float64, device=device)
+        slowest = torch.tensor([self.seconds], dtype=torch.float64, device=device)
+        if dist.is_initialized():
+            dist.all_reduce(sums)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        loss_sum, micro_batches, tokens = sums.tolist()
+        seconds = slowest.item()
+        out = {"loss": loss_sum / micro_batches, "tokens_per_s": tokens / seconds, "step_time_s": seconds / self.steps}
+        self.reset()
+        return out
+
+
 def _quiet_report_logs() -> None:
     """Ray Train V2 logs every `report` call at INFO from a logger named after its file; keep the console for
     the progress bar."""
@@ -139,8 +176,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model.config.use_cache = False
     if t.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_config,
-                                                   model_parameters=[p for p in model.parameters() if p.requires_grad])
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, config=ds_config, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        lr_scheduler=lr_scheduler_factory(t.lr_schedule, t.warmup_steps, cfg.train_steps, t.min_lr_ratio))
 
     step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -150,6 +188,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             step = json.loads((Path(ckpt_dir) / PROGRESS_FILE).read_text())["step"]
 
     def report(metrics: dict, final: bool = False) -> None:
+        saving = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag=STATE_TAG)
             if rank == 0:
@@ -158,6 +197,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tiny) if rank == 0 else None
                 save_hf_model(engine, tokenizer, Path(tmp) / EXPORT_SUBDIR, is_writer=rank == 0, zero3=zero3,
                               metadata={"config": cfg.to_dict(), "steps": step})
+            metrics["checkpoint_s"] = time.perf_counter() - saving  # kept out of step_time_s and tokens_per_s
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
     max_steps = cfg.train_steps
@@ -168,29 +208,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     metrics: dict = {"step": step}
     engine.train()
     memory_baseline = _start_peak_memory(device)  # model, engine and optimizer are built: the rest is the steps'
-    window: list[tuple[float, float, int]] = []  # (loss, seconds, tokens) of each step since the last report
+    window = _Window()  # this rank's losses, seconds and tokens since the last report
     while step < max_steps:
-        started, losses, tokens, epoch = time.perf_counter(), [], 0, 0
+        started, epoch, lr = time.perf_counter(), 0, engine.get_lr()[0]  # the rate this step trains with
         for _ in range(t.gradient_accumulation_steps):
             epoch, batch = next(batches)
-            loss = training_forward(engine, batch, cfg.model.attn_implementation).loss
+            loss = training_loss(engine, batch, cfg.model.attn_implementation, t.loss_chunk_size)
             engine.backward(loss)
             engine.step()
-            losses.append(loss.detach().float().item())
-            tokens += batch["input_ids"].numel()
+            window.add_micro(loss.detach().float().item(), int(batch["input_ids"].numel()))
         step += 1
-        window.append((sum(losses) / len(losses), time.perf_counter() - started, tokens))
+        window.end_step(time.perf_counter() - started)
         if board is not None:
-            board.post.remote(step, window[-1][0])
+            board.post.remote(step, window.last_loss)
         if step % t.report_every and step % t.checkpoint_every and step != max_steps:
             continue  # a report is a barrier across workers and the controller: seconds each on a CPU cluster
-        seconds = sum(w[1] for w in window)
-        metrics = {"step": step, "epoch": epoch, "loss": sum(w[0] for w in window) / len(window),
-                   "learning_rate": scheduler.get_last_lr()[0] if scheduler else t.learning_rate,
-                   "tokens_per_s": sum(w[2] for w in window) * world / seconds, "step_time_s": seconds / len(window),
+        metrics = {"step": step, "epoch": epoch, "learning_rate": lr, **window.reduce(device),
                    "peak_memory_mb": (peak := _peak_memory_mb(device)),
                    "peak_memory_delta_mb": peak - memory_baseline}
-        window.clear()
         if step == max_steps:
             break  # the final report below carries these metrics
         if step % t.checkpoint_every == 0:

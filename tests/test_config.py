@@ -1,5 +1,6 @@
 """Config plumbing the cluster needs: remote storage, elastic workers, DeepSpeed JSON filling, path pinning."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,22 @@ def test_deepspeed_json_is_filled_from_the_config():
     assert ds["zero_optimization"]["stage"] == 3
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (3, 2, 24)
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["bf16"] == {"enabled": False}  # CPU
-    assert ds["scheduler"]["params"]["warmup_max_lr"] == cfg.train.learning_rate
+    assert ds["optimizer"]["params"]["lr"] == cfg.train.learning_rate and "scheduler" not in ds  # train.lr_schedule
+    assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95] and ds["optimizer"]["params"]["eps"] == 1e-8
     gpu = deepspeed_config(load_config("configs/llama3-8b-64k.yaml"), world_size=8)
     assert gpu["bf16"] == {"enabled": True} and "torch_adam" not in gpu["optimizer"]["params"]
-    assert gpu["scheduler"]["params"]["warmup_num_steps"] == 20 and gpu["optimizer"]["params"]["lr"] == 2e-5
+    assert gpu["optimizer"]["params"]["lr"] == 2e-5
+
+
+def test_deepspeed_json_keeps_its_own_betas_eps_and_scheduler(tmp_path):
+    own = {"optimizer": {"type": "AdamW", "params": {"betas": [0.8, 0.99], "eps": 1e-6}},
+           "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 7}}}
+    path = tmp_path / "own.json"
+    path.write_text(json.dumps(own))
+    ds = deepspeed_config(load_config(None, [f"train.deepspeed_config={path}", "train.learning_rate=3e-4"]), 2)
+    params = ds["optimizer"]["params"]
+    assert (params["betas"], params["eps"], params["lr"]) == ([0.8, 0.99], 1e-6, 3e-4)
+    assert ds["scheduler"] == own["scheduler"]
 
 
 def test_paper_preset_matches_the_paper():

@@ -1,5 +1,6 @@
 """End to end on a local Ray: 2 CPU workers, real DeepSpeed (gloo), real MLflow on sqlite, tiny model."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,30 @@ def test_baselines_run_through_the_same_pipeline(local_ray, tmp_path):
     pose = run_extend(_cfg(tmp_path, "pose", "method.kind=pose", "train.max_steps=2", "train.checkpoint_every=2"))
     assert [s for s, _ in _history(pose)] == [1, 2]
     _check_export(pose.model_dir)
+
+
+@pytest.mark.parametrize("variant", [
+    # the fixed-anchor reference's sample (continuation), no loss on segment 1, chunked loss, linear decay
+    ["method.prompt_source=continuation", "method.anchor=fixed", "method.mask=segment1", "train.loss_chunk_size=48",
+     "train.lr_schedule=linear"],
+    # the random-anchor reference's sample (document tail), no loss on segment 2, cosine decay to 10%
+    ["method.prompt_source=tail", "method.anchor=random", "method.mask=segment2", "train.lr_schedule=cosine",
+     "train.min_lr_ratio=0.1"],
+], ids=["continuation-mask1-chunked-linear", "tail-random-mask2-cosine"])
+def test_accumulation_prompts_masks_and_schedules_through_the_trainer(local_ray, tmp_path, variant):
+    """Gradient accumulation 2 on 2 workers: 2 x 2 x 2 samples of P = 256 tokens per step."""
+    result = run_extend(_cfg(tmp_path, "variant", "train.max_steps=4", "train.checkpoint_every=2",
+                             "train.gradient_accumulation_steps=2", "train.learning_rate=1e-3", *variant))
+    losses = _history(result)
+    assert [s for s, _ in losses] == [1, 2, 3, 4] and all(0 < v < 20 for _, v in losses)
+    # warm-up 1 step, then decay over steps 2..4 (p = 0, 1/3, 2/3), by hand
+    floor = 0.1 if "train.min_lr_ratio=0.1" in variant else 0.0
+    decay = ([1 - p for p in (0, 1 / 3, 2 / 3)] if "train.lr_schedule=linear" in variant
+             else [floor + (1 - floor) * (1 + math.cos(math.pi * p)) / 2 for p in (0, 1 / 3, 2 / 3)])
+    rates = [v for _, v in _history(result, "train/learning_rate")]
+    assert rates == pytest.approx([1e-3 * f for f in [1.0, *decay]], rel=1e-6)
+    # throughput counts every rank's tokens: per step 2 workers x 2 micro-batches x 2 samples x 256 tokens
+    for (_, speed), (_, seconds) in zip(_history(result, "train/tokens_per_s"), _history(result, "train/step_time_s")):
+        assert speed * seconds == pytest.approx(2048, rel=1e-6)
+    assert len(_history(result, "train/checkpoint_s")) == 2  # steps 2 and 4 saved a checkpoint
+    _check_export(result.model_dir)
