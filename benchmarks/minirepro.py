@@ -2,15 +2,17 @@
 DeepSpeed -> export -> passkey + perplexity -> MLflow), starting from the toy base (window 256, extended to 2048).
 
 Arms: rope-only, contiguous short fine-tuning, EndPrompt (template or tail prompt x fixed or random anchor), PoSE,
-and full-length fine-tuning at L. Every trained arm gets the same number of steps (equal steps); full-length also
-runs at steps x P / L, the training tokens of one short arm (equal compute up to attention's quadratic term; the
-measured training seconds stand next to every row). Short-sequence arms run with several seeds (mean and range).
+and full-length fine-tuning at L; `base` (the untouched model) on request. Every trained arm gets the same number of
+steps (equal steps); full-length also runs at steps x P / L, the training tokens of one short arm (equal compute up
+to attention's quadratic term; the measured training seconds stand next to every row). Arms with random draws
+(random anchors, PoSE) run with several seeds (mean and range).
 
     python benchmarks/minirepro.py                   # the smallest scale, about 30 minutes on 2 cores
     python benchmarks/minirepro.py --steps 20 --seeds 1 --arms rope_only,endprompt_template_fixed   # smoke
 
 Writes minirepro.json, minirepro.md, minirepro_length.png and minirepro_compute.png under --output, and one
-MLflow parent run with a child run per arm and seed. At GPU scale pass the real settings with --set, e.g.
+MLflow parent run with a child run per arm and seed. Other models start from a config file (`--config`), e.g. the
+real-model benchmark in benchmarks/README.md (SmolLM2-135M); at GPU scale pass the real settings with --set, e.g.
 --set model.name_or_path=meta-llama/Meta-Llama-3-8B --set method.physical_length=8192
 --set method.target_length=65536 --set train.use_gpu=true --set train.deepspeed_config=configs/deepspeed/zero3.json
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARMS = {  # name -> config overrides
+    "base": ["method.kind=rope_only", "rope.type=none"],  # the untouched model, scored at every length
     "rope_only": ["method.kind=rope_only"],
     "contiguous": ["method.kind=contiguous"],
     "endprompt_template_fixed": ["method.kind=endprompt", "method.prompt_source=template", "method.anchor=fixed"],
@@ -37,7 +40,9 @@ ARMS = {  # name -> config overrides
     "pose": ["method.kind=pose"],
     "full_length": ["method.kind=full_length"],
 }
-SINGLE_SEED = {"rope_only", "full_length"}  # deterministic, or too costly to repeat at this scale
+# Seeds vary the random draws (anchors, PoSE skips); the corpus and its order are fixed, so arms without draws
+# would repeat one run exactly and get one seed. Full-length is also too costly to repeat at this scale.
+SINGLE_SEED = {"base", "rope_only", "contiguous", "endprompt_template_fixed", "endprompt_tail_fixed", "full_length"}
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,12 @@ class Run:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="a config file every arm starts from (default: the built-in defaults)")
     p.add_argument("--steps", type=int, default=150, help="training steps of every trained arm (default 150)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per short-sequence arm (default 3)")
-    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms (default: all): " + ", ".join(ARMS))
+    p.add_argument("--seeds", type=int, default=3,
+                   help="seeds per arm with random draws: random anchors, PoSE (default 3)")
+    p.add_argument("--arms", default=",".join(a for a in ARMS if a != "base"),
+                   help="comma-separated arms (default: all but base): " + ", ".join(ARMS))
     p.add_argument("--passkey-samples", type=int, default=4, help="passkey samples per length and depth (default 4)")
     p.add_argument("--output", type=Path, default=Path("outputs/minirepro"), help="output folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -65,7 +73,7 @@ def plan(args, P: int, L: int) -> list[Run]:
     for arm in [a.strip() for a in args.arms.split(",") if a.strip()]:
         if arm not in ARMS:
             raise SystemExit(f"error: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-        steps = 0 if arm == "rope_only" else args.steps
+        steps = 0 if arm in ("base", "rope_only") else args.steps
         for seed in [0] if arm in SINGLE_SEED else range(args.seeds):
             runs.append(Run(arm, arm, seed, steps))
         if arm == "full_length":
@@ -86,7 +94,7 @@ def run_one(run: Run, args, parent_id: str) -> dict:
     from endprompt_ray.config import load_config
     from endprompt_ray.pipeline import run_extend
 
-    cfg = load_config(None, base_overrides(args, run))
+    cfg = load_config(args.config, base_overrides(args, run))
     started = time.perf_counter()
     result = run_extend(cfg, mlflow_tags={"mlflow.parentRunId": parent_id, "endprompt.minirepro": run.label})
     steps = MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "train/step_time_s")
@@ -178,7 +186,7 @@ def main(argv=None) -> int:
 
     args.output.mkdir(parents=True, exist_ok=True)
     quiet_logs(args.output / "minirepro.log")
-    base = load_config(None, [f"run.output_dir={args.output.resolve()}", *args.overrides])
+    base = load_config(args.config, [f"run.output_dir={args.output.resolve()}", *args.overrides])
     P, L = base.method.physical_length, base.method.target_length
     lengths = eval_lengths(base)
     client = MlflowClient(base.tracking_uri)
