@@ -19,7 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout even when not pip-installed
 
+from endprompt_ray.config import ExtendConfig  # noqa: E402
 from endprompt_ray.eval.ruler.tasks import ALL_TASKS  # noqa: E402
+
+# The seed pipelines/extend.py evaluates with (run.seed), so that by default both draw the same RULER and passkey
+# samples and their numbers compare.
+DEFAULT_SEED = ExtendConfig().run.seed
 
 SUITES = ("ruler", "passkey", "report_code", "ppl")
 
@@ -43,7 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=10,
                    help="samples per RULER task and length, and per passkey length and depth (default 10)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of the RULER and passkey samples (default {DEFAULT_SEED}, the default run.seed of "
+                        "pipelines/extend.py)")
     p.add_argument("--essay", help="essay haystack corpus: a text/JSON/JSONL file or a folder of them")
     p.add_argument("--squad", help="SQuAD v2 dev JSON (qa_1)")
     p.add_argument("--hotpotqa", help="HotpotQA dev-distractor JSON (qa_2)")

@@ -53,3 +53,14 @@ def test_perplexity_from_a_file_and_bad_suites(cli, tiny_dir, tmp_path, capsys, 
     assert cli.main(["--model", tiny_dir, "--suites", "passkey", "--lengths", "100"]) == 2
     assert "passkey does not fit in length 100" in capsys.readouterr().err
     assert cli.parse_args(["--model", "x"]).suites == ["ruler"]  # RULER stays the default suite
+
+
+def test_seed_default_matches_extend(cli):
+    """pipelines/evaluate.py and run_extend (its default config, as pipelines/extend.py loads it) draw the same
+    RULER and passkey samples by default."""
+    from endprompt_ray.config import ExtendConfig, load_config
+    from endprompt_ray.evaluation import ruler_settings
+
+    extend_seed = ruler_settings(load_config(None)).seed
+    assert cli.parse_args(["--model", "x"]).seed == extend_seed == ExtendConfig().run.seed
+    assert cli.parse_args(["--model", "x", "--seed", "7"]).seed == 7

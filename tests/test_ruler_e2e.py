@@ -26,6 +26,7 @@ def test_tiny_model_end_to_end(tiny_dir, demo_files, tmp_path, mlflow_uri, one_t
     ran = ["niah_single_1", "niah_single_2", "niah_multikey_2", "fwe", "qa_1"]
     assert result.covered_tasks == ran and set(result.scores) == set(ran)
     assert "vt" in result.skipped and "too long for length 512, 1024" in result.skipped["vt"]
+    assert result.skipped["vt"].endswith("tokens; no fitting draw in 20 tries)")  # its example alone is too long
     assert set(result.averages) == {512, 1024} and 0.0 <= result.overall <= 100.0
     assert all(0.0 <= s <= 100.0 for v in result.scores.values() for s in v.values())
     assert any("Paul Graham" in note for note in result.notes)
@@ -48,6 +49,24 @@ def test_tiny_model_end_to_end(tiny_dir, demo_files, tmp_path, mlflow_uri, one_t
     assert logged["ruler/avg"] == result.overall
     artifacts = {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "ruler")}
     assert {"niah_heatmap.png", "ruler_scores.png", "summary.csv", "summary.json"} <= artifacts
+
+
+def test_cwe_at_4096_runs_and_reports_its_redraws(tiny_dir, tmp_path, mlflow_uri, one_thread):
+    """With the tiny tokenizer most cwe draws cannot fit 4096; the task runs on a redraw and says so."""
+    import mlflow
+
+    settings = RulerSettings(lengths=[4096], tasks=["cwe"], num_samples=1, progress=False)
+    result = run_ruler(tiny_dir, None, settings, tmp_path / "ruler")
+    assert result.skipped == {} and list(result.scores["cwe"]) == [4096]
+    (record,) = [json.loads(x) for x in result.files["predictions"].read_text().splitlines()]
+    counts = {"requested": 1, "built": 1, "redrawn": 1, "redraws": record["draw"], "dropped": []}
+    assert record["draw"] > 0 and result.draws == {"cwe": {4096: counts}}
+    assert json.loads(result.files["summary_json"].read_text())["draws"] == {"cwe": {"4096": counts}}
+    assert any(n.startswith("cwe @ 4096: 1 of 1 samples did not fit at their first random draw") for n in result.notes)
+    with mlflow.start_run() as run:
+        log_ruler_to_mlflow(result)
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert logged["ruler/redraws/cwe/4096"] == record["draw"] and logged["ruler/dropped/cwe/4096"] == 0
 
 
 def test_in_memory_model_and_ray_actor_agree(tiny_dir, tiny_tokenizer, tmp_path, local_ray, one_thread):

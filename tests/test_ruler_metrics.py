@@ -36,3 +36,12 @@ def test_averages_state_their_tasks():
     assert result.coverage == {1024: ["niah_single_1", "vt"], 2048: ["niah_single_1"]}
     assert result.covered_tasks == ["niah_single_1", "vt"]
     assert any("cover different tasks" in n for n in result.notes)
+
+
+def test_redraw_counts_reach_the_result():
+    counts = {"requested": 10, "built": 9, "redrawn": 4, "redraws": 57, "dropped": [6]}
+    result = aggregate({("cwe", 4096): 20.0, ("cwe", 8192): 10.0}, skipped={}, notes=["cwe @ 4096: ..."],
+                       draws={("cwe", 4096): counts})
+    assert result.draws == {"cwe": {4096: counts}} and result.notes == ["cwe @ 4096: ..."]
+    assert result.to_dict()["draws"] == {"cwe": {"4096": counts}}
+    assert aggregate({("vt", 1024): 5.0}, {}, []).draws == {}

@@ -8,9 +8,11 @@ import pytest
 from endprompt_ray.eval.ruler import ALL_TASKS, generate_samples
 from endprompt_ray.eval.ruler import tasks as T
 from endprompt_ray.eval.ruler import words
-from endprompt_ray.eval.ruler.fitting import TokenCounter
-from endprompt_ray.eval.ruler.fwe import word_counts, zeta
+from endprompt_ray.eval.ruler.fitting import TokenCounter, TooShort
+from endprompt_ray.eval.ruler.fwe import fwe_vocab_size, word_counts, zeta
 from endprompt_ray.eval.ruler.niah import singular
+from endprompt_ray.eval.ruler.samples import BUILDERS, build_samples, sample_seed
+from endprompt_ray.eval.ruler.sources import BuildContext
 
 SYNTHETIC_YAML = {  # NVIDIA/RULER scripts/synthetic.yaml
     "niah_single_1": ("noise", "words", "numbers", 1, 1, 1), "niah_single_2": ("essay", "words", "numbers", 1, 1, 1),
@@ -57,6 +59,9 @@ def test_reference_strings():
     assert T.NIAH_ANSWER_PREFIX == " The special magic {type_needle_v} for {query} mentioned in the provided text are"
     assert T.QA_ANSWER_PREFIX == " Answer:" and T.DOCUMENT_PROMPT == "Document {i}:\n{document}"
     assert T.CWE_ANSWER_PREFIX == " Answer: The top 10 words that appear most often in the list are:"
+    # NVIDIA/RULER constants.py since 4a216f4 (the "assgined" typo fixed), unchanged at c3f5e3b
+    assert T.VT_ANSWER_PREFIX == (" Answer: According to the chain(s) of variable assignment in the text above, "
+                                  "{num_v} variables are assigned the value {query}, they are: ")
     assert T.DEPTHS[:5] == (0, 3, 5, 8, 10) and len(T.DEPTHS) == 40 and T.DEPTHS[-1] == 100
     assert singular(T.NIAH_TEMPLATE).startswith("A special magic {type_needle_v} is hidden within the following text.")
     assert "What is the special magic" in singular(T.NIAH_TEMPLATE)
@@ -128,7 +133,8 @@ def test_vt_chain_and_example(counter, sources):
     value = re.search(rf"VAR {s.answers[0]} = (\d{{5}})\n", s.prompt)[1]
     for a, b in zip(s.answers, s.answers[1:]):
         assert f"VAR {b} = VAR {a} " in s.prompt
-    assert s.prompt.endswith(f"5 variables are assgined the value {value}, they are: ")
+    assert s.prompt.endswith(f"5 variables are assigned the value {value}, they are: ")
+    assert "assgined" not in s.prompt  # the worked example uses the same prefix
     example, question = s.prompt.split("\n\nMemorize and track", 1)  # the worked example comes first
     ex_names = example.split()[-5:]
     assert all(re.fullmatch(r"[A-Z]{3}", v) for v in ex_names) and T.VT_ICL_VALUE not in example
@@ -154,7 +160,7 @@ def test_fwe_zipf_counts(counter, sources):
     s = one("fwe", 4096, counter, sources)
     text = re.search(r"coded words\. (.*)\nQuestion", s.prompt, re.S)[1].split(" ")
     counts = Counter(text)
-    assert len(counts) <= 4096 // 50 and counts.most_common(1)[0][0] == "..."
+    assert len(counts) <= 80 and counts.most_common(1)[0][0] == "..."
     assert [w for w, _ in counts.most_common(4)[1:]] == s.answers
     assert all(re.fullmatch(r"[a-z]{6}", w) for w in counts if w != "...")
 
@@ -167,3 +173,84 @@ def test_qa_documents(counter, sources):
         assert s.prompt.startswith("Answer the question based on the given documents.")
         assert re.search(r"\n\nQuestion: Which code is given in the report for station [a-z ]+\? Answer:$", s.prompt)
         assert any(a in s.prompt for a in s.answers)
+
+
+def test_fwe_vocabulary_is_the_budget_over_50(counter, sources):
+    """Reference (9f1c84d): max_seq_length -= tokens_to_generate; vocab_size = max_seq_length // 50."""
+    by_hand = {300: 250 // 50, 512: 462 // 50, 1024: 974 // 50, 4096: 4046 // 50, 8192: 8142 // 50}
+    assert by_hand == {300: 5, 512: 9, 1024: 19, 4096: 80, 8192: 162}
+    assert {n: fwe_vocab_size(n, T.TASKS["fwe"].tokens_to_generate) for n in by_hand} == by_hand
+    # The real builder's vocabulary: with enough words every rank occurs (rank k needs n >= zeta(2) * k^2 words).
+    spec = T.TASKS["fwe"]
+    for length, size in ((1024, 19), (4096, 80)):
+        ctx = BuildContext(counter, length, length - 50, sample_seed(3, "fwe", length, 0), 3, 0, sources)
+        words = re.search(r"coded words\. (.*)\nQuestion", BUILDERS["freq_words_extraction"](spec, ctx).render(
+            int(1.7 * size ** 2))[0], re.S)[1].split(" ")
+        assert len(set(words)) == size
+    with pytest.raises(TooShort) as err:  # 299 - 50 = 249 tokens hold a vocabulary of 4 < 5
+        generate_samples("fwe", 299, 1, counter, sources)
+    assert (err.value.what, err.value.needed) == ("length", 300)
+
+
+def test_cwe_search_starts_at_the_ten_common_words(counter, sources):
+    """Reference: the binary search's lower bound is `incremental` = 10 words, the 10 common ones with no others."""
+    spec = T.TASKS["cwe"]
+    ctx = BuildContext(counter, 8192, 8192 - 120, sample_seed(5, "cwe", 8192, 0), 5, 0, sources)
+    draft = BUILDERS["common_words_extraction"](spec, ctx)
+    assert draft.n_min == 10
+    prompt, extras = draft.render(10)
+    listing = re.findall(r"\d+\. (\S+)", prompt.rsplit("most often.\n", 1)[1].split("\nQuestion")[0])
+    assert len(listing) == 300 and Counter(listing) == {w: 30 for w in extras["answers"]}
+
+
+def test_cwe_runs_at_4096_with_the_tiny_tokenizer(counter, sources):
+    """The 300 common-word entries of most draws exceed 4096 tokens here; redraws find ones that fit."""
+    samples = generate_samples("cwe", 4096, 2, counter, sources, seed=42)
+    assert [s.index for s in samples] == [0, 1] and any(s.draw > 0 for s in samples)
+    for s in samples:
+        assert s.prompt_tokens + 120 <= 4096 and s.fill >= 0.95 and len(s.answers) == 10
+        main = s.prompt.split("\nBelow is a numbered list", 1)[1]
+        counts = Counter(re.findall(r"\d+\. (\S+)", re.search(r"most often\.\n(.*)\nQuestion", main, re.S)[1]))
+        assert {counts[w] for w in s.answers} == {30} and set(counts.values()) <= {30, 3}
+
+
+def _fits(counter, task, length, seed, index, draw, sources) -> bool:
+    """Whether this draw's smallest haystack fits the budget, by building it and tokenising it directly."""
+    spec = T.TASKS[task]
+    budget = length - spec.tokens_to_generate
+    ctx = BuildContext(counter, length, budget, sample_seed(seed, task, length, index, draw), seed, index, sources)
+    draft = BUILDERS[spec.family](spec, ctx)
+    return counter.prompt(draft.render(draft.n_min)[0]) <= budget
+
+
+def test_unfittable_draw_is_redrawn_and_counted(counter, sources, caplog):
+    assert not _fits(counter, "cwe", 4096, 42, 0, 0, sources)  # sample 0's first draw cannot fit at all
+    with caplog.at_level("WARNING", logger="endprompt_ray.eval.ruler.samples"):
+        built = build_samples("cwe", 4096, 1, counter, sources, seed=42)
+    (s,) = built.samples
+    assert s.draw > 0 and _fits(counter, "cwe", 4096, 42, 0, s.draw, sources)
+    assert not any(_fits(counter, "cwe", 4096, 42, 0, d, sources) for d in range(s.draw))  # the first that fits
+    assert (built.redraws, built.redrawn, built.dropped) == (s.draw, 1, {})
+    assert f"cwe @ 4096: 1 of 1 samples did not fit at their first random draw ({s.draw} redraws)" in caplog.text
+
+
+def test_sample_without_a_fitting_draw_is_dropped_and_counted(counter, sources):
+    draws = build_samples("cwe", 4096, 3, counter, sources, seed=42).samples
+    assert [s.draw for s in draws] == [25, 5, 34]  # pins the seeded draws the case below relies on
+    built = build_samples("cwe", 4096, 3, counter, sources, seed=42, max_draws=30)
+    assert [s.index for s in built.samples] == [0, 1] and built.dropped == {2: 30}
+    assert not any(_fits(counter, "cwe", 4096, 42, 2, d, sources) for d in range(30))
+    assert built.redraws == 25 + 5 + 29 and built.redrawn == 3
+    assert built.stats() == {"requested": 3, "built": 2, "redrawn": 3, "redraws": 59, "dropped": [2]}
+    assert "1 found no fitting draw and were dropped (sample: draws tried 2: 30), so the score covers 2 samples" \
+        in built.note()
+
+
+def test_task_that_never_fits_is_skipped_after_its_draws(counter, sources):
+    with pytest.raises(TooShort, match=r"needs a prompt of at least \d+ tokens \(the smallest of 20 random draws\)") \
+            as err:
+        build_samples("vt", 512, 2, counter, sources)  # the worked example alone is longer: stops after 20 draws
+    assert err.value.draws == 20 and err.value.needed > 512 - 30
+    with pytest.raises(TooShort, match="needs a prompt of at least") as err:  # the first sample's only draw fails
+        build_samples("cwe", 4096, 1, counter, sources, seed=42, max_draws=1)
+    assert err.value.draws == 1 and err.value.needed > 4096 - 120

@@ -6,7 +6,7 @@ import random
 from typing import TYPE_CHECKING
 
 from .fitting import Draft, prefix_sums, size_rng, split_template
-from .tasks import CWE_ANSWER_PREFIX, CWE_SHORT_CONTEXT, CWE_TEMPLATE, TaskSpec
+from .tasks import CWE_ANSWER_PREFIX, CWE_MIN_WORDS, CWE_SHORT_CONTEXT, CWE_TEMPLATE, TaskSpec
 from .words import common_word_pool, random_word
 
 if TYPE_CHECKING:
@@ -60,7 +60,10 @@ def cwe_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
 
     # Every entry "i. word" costs at least two tokens, which bounds how many words can fit.
     max_entries = max(ctx.budget // 2, num_cw * n_common + n_uncommon)
-    n_max = max(num_cw + 1, (max_entries - num_cw * n_common) // n_uncommon + num_cw)
+    # The reference's search starts at 10 words (its `incremental`): the common words with no uncommon ones. A draw
+    # whose words are too long even then is redrawn by `samples.build_samples`, as the reference redraws.
+    n_min = max(CWE_MIN_WORDS, num_cw)
+    n_max = max(n_min, (max_entries - num_cw * n_common) // n_uncommon + num_cw)
     order = _word_order(rng, n_max)
     words_cum = prefix_sums(ctx.counter.pieces([" " + w for w in order]))
     numbers_cum = prefix_sums(ctx.counter.pieces([f" {i}." for i in range(1, max_entries + 1)]))
@@ -76,4 +79,4 @@ def cwe_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
         context, common = word_list(order[:n], num_cw, n_common, n_uncommon, size_rng(ctx.seed, n))
         return head + context + tail, {"answers": common}
 
-    return Draft(render, estimate, n_min=num_cw + 1, n_max=n_max)
+    return Draft(render, estimate, n_min=n_min, n_max=n_max)

@@ -91,11 +91,13 @@ class Fitted:
 
 
 class TooShort(EvalInputError):
-    """The task's fixed parts alone exceed the budget at this length."""
+    """The task's fixed parts alone exceed the budget at this length (for every random draw tried, `draws`)."""
 
-    def __init__(self, needed: int, have: int, what: str = "prompt"):
+    def __init__(self, needed: int, have: int, what: str = "prompt", draws: int = 1):
         self.needed, self.have, self.what = needed, have, what  # what: "prompt" tokens or total "length"
-        super().__init__(f"needs a {what} of at least {needed} tokens, has {have}")
+        self.draws = draws
+        tried = f" (the smallest of {draws} random draws)" if draws > 1 else ""
+        super().__init__(f"needs a {what} of at least {needed} tokens{tried}, has {have}")
 
 
 def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int:

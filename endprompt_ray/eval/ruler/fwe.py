@@ -46,11 +46,17 @@ def min_words(vocab_size: int, alpha: float) -> int:
         n += 1
 
 
+def fwe_vocab_size(length: int, tokens_to_generate: int) -> int:
+    """Coded words in the vocabulary: the prompt budget (length - tokens to generate) // 50, as the reference."""
+    return (length - tokens_to_generate) // FWE_VOCAB_DIVISOR
+
+
 def fwe_draft(spec: TaskSpec, ctx: "BuildContext") -> Draft:
     alpha = spec.params["alpha"]
-    vocab_size = ctx.length // FWE_VOCAB_DIVISOR
-    if vocab_size < 5:
-        raise TooShort(5 * FWE_VOCAB_DIVISOR, ctx.length, what="length")
+    ttg = ctx.length - ctx.budget
+    vocab_size = fwe_vocab_size(ctx.length, ttg)
+    if vocab_size < 5:  # "..." plus the three answers plus one below them, so that the top three are unambiguous
+        raise TooShort(5 * FWE_VOCAB_DIVISOR + ttg, ctx.length, what="length")
     rng = random.Random(ctx.seed)
     vocab = sorted(unique_letters(rng, vocab_size, FWE_WORD_LEN, string.ascii_lowercase))
     rng.shuffle(vocab)

@@ -27,12 +27,17 @@ class RulerResult:
     files: dict[str, Path] = field(default_factory=dict)
     coverage: dict[int, list[str]] = field(default_factory=dict)  # length -> tasks its average covers
     notes: list[str] = field(default_factory=list)
+    # task -> length -> counts, where some sample's first random draw did not fit: requested, built, redrawn
+    # (samples), redraws (extra draws), dropped (indices of samples with no fitting draw)
+    draws: dict[str, dict[int, dict]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"scores": {t: {str(n): s for n, s in v.items()} for t, v in self.scores.items()},
                 "averages": {str(n): s for n, s in self.averages.items()}, "overall": self.overall,
                 "covered_tasks": self.covered_tasks, "coverage": {str(n): v for n, v in self.coverage.items()},
-                "skipped": self.skipped, "notes": self.notes, "files": {k: str(v) for k, v in self.files.items()}}
+                "skipped": self.skipped, "notes": self.notes,
+                "draws": {t: {str(n): c for n, c in v.items()} for t, v in self.draws.items()},
+                "files": {k: str(v) for k, v in self.files.items()}}
 
 
 def score_samples(samples: Sequence[Sample], raw_predictions: Sequence[str]) -> tuple[float, list[dict]]:
@@ -44,11 +49,12 @@ def score_samples(samples: Sequence[Sample], raw_predictions: Sequence[str]) -> 
         records.append({"task": s.task, "length": s.length, "index": s.index, "prompt_tokens": s.prompt_tokens,
                         "tokens_to_generate": s.tokens_to_generate, "fill": round(s.fill, 4), "answers": s.answers,
                         "pred": pred, "raw_pred": raw, "score": sample_metric(pred, s.answers), "depths": s.depths,
-                        "prompt_tail": s.prompt[-300:]})
+                        "draw": s.draw, "prompt_tail": s.prompt[-300:]})
     return task_score([r["score"] for r in records]), records
 
 
-def aggregate(task_scores: dict[tuple[str, int], float], skipped: dict[str, str], notes: list[str]) -> RulerResult:
+def aggregate(task_scores: dict[tuple[str, int], float], skipped: dict[str, str], notes: list[str],
+              draws: dict[tuple[str, int], dict] | None = None) -> RulerResult:
     order = {t: i for i, t in enumerate(ALL_TASKS)}
     scores: dict[str, dict[int, float]] = {}
     for (task, length), score in sorted(task_scores.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
@@ -61,7 +67,10 @@ def aggregate(task_scores: dict[tuple[str, int], float], skipped: dict[str, str]
     if len({tuple(v) for v in coverage.values()}) > 1:
         notes.append("per-length averages cover different tasks: "
                      + "; ".join(f"{n}: {', '.join(v)}" for n, v in coverage.items()))
-    return RulerResult(scores, averages, overall, list(scores), dict(skipped), {}, coverage, notes)
+    by_task: dict[str, dict[int, dict]] = {}
+    for (task, length), counts in sorted((draws or {}).items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        by_task.setdefault(task, {})[length] = dict(counts)
+    return RulerResult(scores, averages, overall, list(scores), dict(skipped), {}, coverage, notes, by_task)
 
 
 def needle_hits(records: Sequence[dict]) -> list[tuple[int, float, bool]]:
@@ -129,6 +138,9 @@ def log_ruler_to_mlflow(result: RulerResult, artifact_path: str = "ruler") -> No
         raise RuntimeError("log_ruler_to_mlflow needs an active MLflow run: call it inside `with mlflow.start_run():`")
     metrics = {f"ruler/{task}/{n}": s for task, v in result.scores.items() for n, s in v.items()}
     metrics.update({f"ruler/avg/{n}": s for n, s in result.averages.items()})
+    for task, by_length in result.draws.items():  # only pairs where a first draw did not fit
+        for n, c in by_length.items():
+            metrics.update({f"ruler/redraws/{task}/{n}": c["redraws"], f"ruler/dropped/{task}/{n}": len(c["dropped"])})
     metrics["ruler/avg"] = result.overall
     mlflow.log_metrics(metrics)
     mlflow.set_tag("ruler.covered_tasks", ",".join(result.covered_tasks))

@@ -11,7 +11,7 @@ from ..errors import EvalInputError
 from ..generation import greedy_generate, is_model_path, load_model_and_tokenizer, resolve_tokenizer
 from . import report
 from .fitting import TokenCounter, TooShort
-from .samples import Sample, generate_samples, min_length
+from .samples import Sample, TaskSamples, build_samples, min_length
 from .sources import Sources
 from .tasks import ALL_TASKS, get_task
 
@@ -57,8 +57,10 @@ def _plan(settings: RulerSettings, sources: Sources) -> tuple[list[str], dict[st
     return runnable, skipped
 
 
-def build_jobs(tokenizer, settings: RulerSettings, sources: Sources, tasks: list[str],
-               skipped: dict[str, str]) -> list[tuple[str, int, list[Sample]]]:
+def build_jobs(tokenizer, settings: RulerSettings, sources: Sources, tasks: list[str], skipped: dict[str, str],
+               draws: dict[tuple[str, int], TaskSamples] | None = None) -> list[tuple[str, int, list[Sample]]]:
+    """(task, length, samples) to generate; fills `skipped` with tasks that fit no length asked for, and `draws` with
+    the (task, length) pairs where a sample needed a redraw or was dropped."""
     from tqdm.auto import tqdm
 
     counter = TokenCounter(tokenizer)
@@ -66,14 +68,19 @@ def build_jobs(tokenizer, settings: RulerSettings, sources: Sources, tasks: list
     pairs = [(task, length) for length in sorted(set(settings.lengths)) for task in tasks]
     for task, length in tqdm(pairs, desc="RULER prompts", disable=not settings.progress, unit="set"):
         try:
-            samples = generate_samples(task, length, settings.num_samples, counter, sources, settings.seed)
+            built = build_samples(task, length, settings.num_samples, counter, sources, settings.seed)
         except TooShort as err:
-            short.setdefault(task, []).append((length, min_length(err, get_task(task).tokens_to_generate)))
+            short.setdefault(task, []).append((length, min_length(err, get_task(task).tokens_to_generate),
+                                               err.draws))
             continue
-        jobs.append((task, length, samples))
+        if built.redrawn and draws is not None:
+            draws[(task, length)] = built
+        jobs.append((task, length, built.samples))
     for task, cases in short.items():
-        skipped[task] = ("too long for length " + ", ".join(str(n) for n, _ in cases)
-                         + f" with this tokenizer (needs at least {max(m for _, m in cases)} tokens)")
+        tried = max(d for _, _, d in cases)
+        skipped[task] = ("too long for length " + ", ".join(str(n) for n, _, _ in cases)
+                         + f" with this tokenizer (needs at least {max(m for _, m, _ in cases)} tokens"
+                         + (f"; no fitting draw in {tried} tries)" if tried > 1 else ")"))
     return jobs
 
 
@@ -137,7 +144,8 @@ def run_ruler(model, tokenizer, settings: RulerSettings, output_dir: str | Path)
     sources = Sources(settings.essay_path, settings.squad_path, settings.hotpotqa_path)
     tasks, skipped = _plan(settings, sources)
     tokenizer = resolve_tokenizer(model, tokenizer)
-    jobs = build_jobs(tokenizer, settings, sources, tasks, skipped)
+    draws: dict[tuple[str, int], TaskSamples] = {}
+    jobs = build_jobs(tokenizer, settings, sources, tasks, skipped, draws)
     if not jobs:
         raise EvalInputError("no RULER task can run with these settings: "
                              + "; ".join(f"{t}: {r}" for t, r in skipped.items()))
@@ -155,9 +163,9 @@ def run_ruler(model, tokenizer, settings: RulerSettings, output_dir: str | Path)
     for (task, length, samples), preds in zip(jobs, predictions):
         task_scores[(task, length)], recs = report.score_samples(samples, preds)
         records += recs
-    notes = report.fill_note(records)
+    notes = [built.note() for built in draws.values()] + report.fill_note(records)
     if any(get_task(t).requires == "essay" for t, _, _ in jobs):
         notes.append(f"essay haystack from {settings.essay_path}; RULER's own is Paul Graham's essays, so essay-task "
                      "scores are comparable with published numbers only on that corpus")
-    result = report.aggregate(task_scores, skipped, notes)
+    result = report.aggregate(task_scores, skipped, notes, {key: built.stats() for key, built in draws.items()})
     return report.write_outputs(result, records, output_dir, dataclasses.asdict(settings))

@@ -1,8 +1,8 @@
 """The 13 RULER tasks as data: prompt templates, answer prefixes, tokens to generate and per-task parameters.
 
-Everything here restates NVIDIA/RULER (scripts/synthetic.yaml, scripts/data/synthetic/constants.py and the generator
-scripts) so that prompts match the benchmark word for word. The model sees `template + answer_prefix` (the "base"
-model template) and continues after the answer prefix.
+Everything here restates NVIDIA/RULER at commit c3f5e3b (scripts/synthetic.yaml, scripts/data/synthetic/constants.py
+and the generator scripts) so that prompts match the benchmark word for word. The model sees
+`template + answer_prefix` (the "base" model template) and continues after the answer prefix.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ DEPTHS = tuple(int(round(100 * i / 39)) for i in range(40))
 VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
     "Question: Find all variables that are assigned the value {query} in the text above.")
-# "assgined" is the reference's spelling; kept so prompts match the published benchmark.
+# Spelled "assigned" since the reference's typo fix (commit 4a216f4, May 2025); earlier releases said "assgined".
 VT_ANSWER_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables "
-                    "are assgined the value {query}, they are: ")
-VT_ICL_TOKENS = 500  # the in-context example is built to this many tokens
+                    "are assigned the value {query}, they are: ")
+VT_ICL_TOKENS = 500  # the in-context example's question (without its answer) is built to this many tokens
 VT_ICL_VALUE = "12345"  # placeholder value in the in-context example, re-randomised per sample
 
 CWE_TEMPLATE = (
@@ -37,6 +37,7 @@ CWE_TEMPLATE = (
     "appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?")
 CWE_ANSWER_PREFIX = " Answer: The top 10 words that appear most often in the list are:"
 CWE_SHORT_CONTEXT = 4096  # below this length the reference uses fewer repeats (6/1) and a smaller example (20 words)
+CWE_MIN_WORDS = 10  # the reference's word-count search starts here (its `incremental`): the 10 common words alone
 
 FWE_TEMPLATE = (
     "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
@@ -44,7 +45,9 @@ FWE_TEMPLATE = (
     "What are the three most frequently appeared words in the above coded text?")
 FWE_ANSWER_PREFIX = " Answer: According to the coded text above, the three most frequently appeared words are:"
 FWE_WORD_LEN = 6  # coded words are 6 random lowercase letters
-FWE_VOCAB_DIVISOR = 50  # vocabulary size = length // 50
+# Vocabulary size = prompt budget // 50 = (length - tokens to generate) // 50: since commit 9f1c84d (June 2025) the
+# reference subtracts the tokens to generate before deriving the vocabulary and fitting the prompt.
+FWE_VOCAB_DIVISOR = 50
 
 QA_TEMPLATE = (
     "Answer the question based on the given documents. Only give me the answer and do not output any other words."

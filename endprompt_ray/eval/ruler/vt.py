@@ -38,7 +38,6 @@ def _draft(counter: "TokenCounter", seed: int, budget: int, num_chains: int, num
     num_v = len(variables[0])
     head, tail = split_template(VT_TEMPLATE, query=value)
     tail += VT_ANSWER_PREFIX.format(num_v=num_v, query=value)
-    answer_text = " " + " ".join(variables[0]) if is_icl else ""  # the example is measured with its answer
 
     def render(n: int) -> tuple[str, dict]:
         lines = noise_lines(n)
@@ -47,7 +46,7 @@ def _draft(counter: "TokenCounter", seed: int, budget: int, num_chains: int, num
             for j, pos in enumerate(sorted(place.sample(range(len(lines)), len(chain)))):
                 lines.insert(pos + j, chain[j])
         context = "\n".join(lines).replace(". \n", ".\n")
-        return preamble + head + context + tail + answer_text, {"answers": list(variables[0])}
+        return preamble + head + context + tail, {"answers": list(variables[0])}
 
     estimate = noise_estimator(counter)
     n_min, n_max = noise_bounds(estimate, budget, len(chains[0]))
@@ -55,7 +54,8 @@ def _draft(counter: "TokenCounter", seed: int, budget: int, num_chains: int, num
 
 
 def icl_example(counter: "TokenCounter", spec: TaskSpec, seed: int) -> str:
-    """The worked example (question + answer), built once per tokenizer to about 500 tokens."""
+    """The worked example, built once per tokenizer: a question of at most 500 tokens, then its answer (the
+    reference sizes the example's question alone to 500 tokens and appends the answer afterwards)."""
     key = ("vt_icl", spec.params["num_chains"], spec.params["num_hops"], seed)
     if key not in counter.memo:
         draft = _draft(counter, seed, VT_ICL_TOKENS, spec.params["num_chains"], spec.params["num_hops"], True)
@@ -63,7 +63,7 @@ def icl_example(counter: "TokenCounter", spec: TaskSpec, seed: int) -> str:
             example = fit(draft, counter, VT_ICL_TOKENS)
         except TooShort as err:  # a verbose tokenizer: the shortest possible example is the closest to 500 tokens
             example = fit(draft, counter, err.needed)
-        counter.memo[key] = example.prompt + "\n"
+        counter.memo[key] = example.prompt + " " + " ".join(example.extras["answers"]) + "\n"
     return counter.memo[key]
 
 
