@@ -19,9 +19,8 @@ import ray
 from .anchoring import AnchorSpec, build_samples
 from .config import ConfigError, DataConfig, ExtendConfig
 from .demo_corpus import generate_documents
+from .sources import is_remote, resolve_remote, single_format
 
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
-                  ".txt": "text", ".text": "text", ".md": "text"}
 RECORD = "record"  # column of raw records: one JSON line, or one whole text document
 DEMO_RETRIEVAL_SEED = 7  # the extension demo's episodes; the toy base was pretrained on seed 0
 
@@ -63,15 +62,7 @@ def detect_format(paths: list[Path], declared: str) -> str:
     if len(paths) == 1 and paths[0].is_dir() and (paths[0] / "dataset_info.json").exists():
         return "hf_disk"
     files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
-    formats = {SUFFIX_FORMATS.get(f.suffix.lower()) for f in files}
-    if None in formats:
-        odd = next(f for f in files if SUFFIX_FORMATS.get(f.suffix.lower()) is None)
-        raise ConfigError(f"data file {odd} has an unknown format ({odd.suffix or 'no suffix'}); supported: "
-                          f"{sorted(SUFFIX_FORMATS)} or an HF dataset saved with save_to_disk; set data.format "
-                          "explicitly or remove the file")
-    if len(formats) != 1:
-        raise ConfigError(f"data.paths mix formats {sorted(formats)}; point data.paths at files of one format")
-    return formats.pop()
+    return single_format([str(f) for f in files], declared, "data.paths")
 
 
 def demo_texts(cfg: DataConfig, tokenizer=None) -> list[str]:
@@ -89,10 +80,12 @@ def read_records(cfg: DataConfig, tokenizer=None) -> tuple[ray.data.Dataset, str
     if not cfg.paths:  # the generated demo corpus travels through the object store: no shared disk needed
         lines = [json.dumps({"text": t}) for t in demo_texts(cfg, tokenizer)]
         return ray.data.from_items([{RECORD: line} for line in lines], override_num_blocks=4), "jsonl"
-    if any("://" in p for p in cfg.paths):  # remote storage (s3://, gs://): Ray Data reads it on the workers
-        if cfg.format in ("auto", "hf_disk"):
-            raise ConfigError("data.paths on remote storage need an explicit data.format (jsonl, parquet or text)")
-        return _read_format(cfg.paths, cfg.format, cfg.text_field, cfg.cpus_per_task), cfg.format
+    if any(is_remote(p) for p in cfg.paths):  # s3://, gs://, hf://datasets/...: Ray Data streams it on the workers
+        corpus = resolve_remote(cfg.paths, cfg.format)
+        if corpus.format == "parquet" and corpus.filesystem is not None:
+            _check_parquet_column(corpus.files[0], cfg.text_field, corpus.filesystem)
+        return _read_format(corpus.files, corpus.format, cfg.text_field, cfg.cpus_per_task,
+                            corpus.filesystem), corpus.format
     paths = [Path(p).expanduser() for p in cfg.paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -103,13 +96,7 @@ def read_records(cfg: DataConfig, tokenizer=None) -> tuple[ray.data.Dataset, str
         raise ConfigError(f"data.paths {cfg.paths} contain no data (no files, or only empty files)")
     fmt = detect_format(paths, cfg.format)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        first = next(f for f in files if f.suffix == ".parquet")
-        columns = pq.read_schema(first).names
-        if cfg.text_field not in columns:
-            raise ConfigError(f"parquet file {first} has no column {cfg.text_field!r} (columns: {columns}); "
-                              "set data.text_field")
+        _check_parquet_column(str(next(f for f in files if f.suffix == ".parquet")), cfg.text_field)
     if fmt == "hf_disk":
         import datasets
 
@@ -124,16 +111,25 @@ def read_records(cfg: DataConfig, tokenizer=None) -> tuple[ray.data.Dataset, str
     return _read_format([str(p) for p in paths], fmt, cfg.text_field, cfg.cpus_per_task), fmt
 
 
-def _read_format(paths: list[str], fmt: str, text_field: str, num_cpus: float) -> ray.data.Dataset:
+def _check_parquet_column(path: str, text_field: str, filesystem=None) -> None:
+    import pyarrow.parquet as pq
+
+    columns = pq.read_schema(path, filesystem=filesystem).names  # the footer only
+    if text_field not in columns:
+        raise ConfigError(f"parquet file {path} has no column {text_field!r} (columns: {columns}); set data.text_field")
+
+
+def _read_format(paths: list[str], fmt: str, text_field: str, num_cpus: float, filesystem=None) -> ray.data.Dataset:
     # Read tasks ask for the same small CPU share as the other stages: at Ray Data's default of 1 CPU a read could
     # never be scheduled beside CPU training workers on a small machine, and training would wait for data forever.
     cpus = {"num_cpus": num_cpus}  # the read and the rename below fuse into one task only with equal resources
+    opts = {"ray_remote_args": cpus, "filesystem": filesystem}
     if fmt == "jsonl":
-        records = ray.data.read_text(paths, drop_empty_lines=True, ray_remote_args=cpus), "text"
+        records = ray.data.read_text(paths, drop_empty_lines=True, **opts), "text"
     elif fmt == "text":  # one document per file
-        records = ray.data.read_binary_files(paths, ray_remote_args=cpus), "bytes"
+        records = ray.data.read_binary_files(paths, **opts), "bytes"
     elif fmt == "parquet":
-        records = ray.data.read_parquet(paths, columns=[text_field], ray_remote_args=cpus), text_field
+        records = ray.data.read_parquet(paths, columns=[text_field], **opts), text_field
     else:
         raise ConfigError(f"data.format={fmt!r} is not one of auto, jsonl, parquet, text, hf_disk")
     dataset, column = records

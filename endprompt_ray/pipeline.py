@@ -17,6 +17,7 @@ from .data import build_dataset, data_report
 from .deps import check_runtime
 from .evaluation import EvalReport, evaluate_after_training, format_comparison, ruler_settings
 from .export import export_from_checkpoint
+from .forward import uses_flash_path
 from .modeling import load_config, load_tokenizer
 from .progress import training_bar
 from .rope import scaled_config
@@ -103,9 +104,9 @@ def preflight(cfg: ExtendConfig) -> None:
             path = getattr(cfg.eval, key)
             if path and not Path(path).expanduser().exists():
                 raise ConfigError(f"eval.{key}={path!r} does not exist; fix the path or leave it unset")
-    if cfg.model.attn_implementation.startswith("flash_attention") and not cfg.train.use_gpu:
-        raise ConfigError("model.attn_implementation=flash_attention_2 needs GPUs: set train.use_gpu=true "
-                          "or use model.attn_implementation=sdpa")
+    if uses_flash_path(cfg.model.attn_implementation) and not cfg.train.use_gpu:
+        raise ConfigError(f"model.attn_implementation={cfg.model.attn_implementation} is a flash-attention kernel and "
+                          "needs GPUs: set train.use_gpu=true or use model.attn_implementation=sdpa")
 
 
 def format_summary(res: ExtendResult) -> str:

@@ -62,7 +62,7 @@ def test_anchoring_errors(overrides, error, message):
 
 def test_target_not_above_model_window():
     cfg = load_config(None, ["method.target_length=200", "method.physical_length=128"])
-    with pytest.raises(RopeError, match="target_length=200 is not above the model's original window 256"):
+    with pytest.raises(RopeError, match="target_length=200 is not above the window 256 the model covers"):
         preflight(cfg)
 
 
