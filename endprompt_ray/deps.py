@@ -54,6 +54,13 @@ def _rope_frequencies(model_config) -> Callable[[], None]:
     return run
 
 
+def _peft() -> None:
+    from transformers.utils.versions import require_version
+
+    require_version("peft>=0.13")  # the LoRA wrapping and merging in lora.py
+    importlib.import_module("peft")
+
+
 def _plots() -> None:
     import matplotlib
 
@@ -78,6 +85,10 @@ def probes(cfg: ExtendConfig, model_config=None) -> list[Probe]:
     if cfg.eval.enabled:
         out.append(Probe("evaluation (RULER prompts)", _imports("wonderwords")))
         out.append(Probe("evaluation plots", _plots))
+    lora = getattr(cfg.train, "lora", None)
+    if lora is not None and lora.enabled:
+        out.append(Probe("train.lora.enabled=true (the LoRA / LongLoRA baseline)", _peft,
+                         install="pip install 'endprompt-ray[lora]'"))
     if cfg.model.attn_implementation.startswith("flash_attention"):
         out.append(Probe(f"model.attn_implementation={cfg.model.attn_implementation}", _imports("flash_attn"),
                          install="pip install 'endprompt-ray[gpu]'"))
