@@ -48,7 +48,7 @@ class LoraSpec:
             raise LoraError(f"{where}.alpha={self.alpha!r} must be a positive number; the update is scaled by "
                             f"alpha / rank (LongLoRA: 16 with rank 8)")
         if not number(self.dropout) or not 0 <= self.dropout < 1:
-            raise LoraError(f"{where}.dropout={self.dropout!r} must be in [0, 1) (LongLoRA: 0.05; 0 disables it)")
+            raise LoraError(f"{where}.dropout={self.dropout!r} must be in [0, 1) (LongLoRA: 0)")
         for name in ("target_modules", "trainable"):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in values):
