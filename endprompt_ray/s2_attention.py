@@ -25,9 +25,10 @@ later chunks lose their earlier chunks the same way. `check_s2_attention` refuse
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch loads lazily: config validation imports check_s2_attention
+    import torch
 
 S2_ATTENTION = "s2_sdpa"
 LONGLORA_GROUP_FRACTION = 0.25
@@ -105,6 +106,7 @@ def s2_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: 
                          is_causal: bool | None = None, *, group_fraction: float = LONGLORA_GROUP_FRACTION,
                          **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function interface: query (B, H, N, D), key/value (B, Hkv, N, D) -> (B, N, H, D)."""
+    import torch
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     if not module.training:  # evaluation and generation: full attention, as LongLoRA serves its models
@@ -135,12 +137,16 @@ def s2_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: 
 
 
 def _ends(x: torch.Tensor, size: int) -> torch.Tensor:
+    import torch
+
     return torch.cat([x[:, :, :size], x[:, :, -size:]], dim=2)
 
 
 def _grouped_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: int, dropout: float,
                     scaling: float | None) -> torch.Tensor:
     """Causal attention within consecutive blocks of `size` tokens: (B, h, n*size, D) -> the same shape."""
+    import torch.nn.functional as F
+
     b, h, n_tokens, _ = q.shape
     if n_tokens == 0:
         return q.new_empty(b, h, 0, v.shape[-1])
