@@ -15,6 +15,12 @@ reaches). The model's rope_theta is kept.
   keeps the frequencies of the largest n it has seen (resetting only below W), so training on EndPrompt samples
   (last position about L - 1) runs at base'(L); evaluation resets it before each suite (`reset_dynamic_rope`) and
   runs lengths in ascending order, so a length n is scored at the base for n.
+- longrope: a factor per rotary frequency (LongRoPE), from `rope.factors_file` or `rope.long_factor`; see longrope.py
+  for the file format, the attention factor and when transformers switches between short and long factors.
+  max_position_embeddings becomes s x W.
+
+Each type is one entry of BUILDERS: a function from the extension (window, scale, target, settings) to the new
+rope_parameters and max_position_embeddings.
 
 A model that already ships scaling (Llama 3.1/3.2: llama3; Phi-3: longrope; ...) is extended only where composing is
 exact or defined by the same formula: linear on linear multiplies the factors (position p rotates like p / s in the
@@ -30,9 +36,9 @@ import copy
 import math
 import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
-RopeType = Literal["linear", "dynamic", "yarn", "llama3", "none"]
+RopeType = Literal["linear", "dynamic", "yarn", "llama3", "longrope", "none"]
 ROPE_TYPES = typing.get_args(RopeType)
 COMPOSABLE = ("linear", "llama3")  # shipped scaling a further scaling of the same type composes with
 
@@ -52,6 +58,16 @@ class RopeScaling:
     high_freq_factor: float = 4.0  # llama3
     beta_fast: float = 32.0  # yarn
     beta_slow: float = 1.0  # yarn
+    factors_file: str | None = None  # longrope: YAML/JSON with long_factor (and short_factor), or one list
+    long_factor: list[float] | None = None  # longrope, inline (read from factors_file when that is given)
+    short_factor: list[float] | None = None  # longrope: used up to the original window; None: all 1
+    attention_factor: float | None = None  # longrope: None: sqrt(1 + ln s / ln W)
+
+    def __post_init__(self) -> None:
+        # The factors are read here, on the driver, so they travel inside the config to workers on other nodes.
+        from .longrope import check_settings
+
+        check_settings(self)
 
 
 def existing_scaling(config) -> dict | None:
@@ -104,6 +120,49 @@ def _refuse_existing(config, existing: dict, rope: RopeScaling) -> RopeError:
                      f"not compose with it. Either {', or '.join(ways)}")
 
 
+@dataclass(frozen=True)
+class Extension:
+    """What a type's builder needs: the model config, its window W, the scale s, the target L and the settings."""
+    config: object
+    window: int
+    scale: float
+    target: int
+    rope: RopeScaling
+
+
+def _linear(e: Extension) -> tuple[dict, int]:
+    return {"factor": e.scale}, e.target
+
+
+def _dynamic(e: Extension) -> tuple[dict, int]:
+    ratio = e.target / e.window
+    if e.scale < ratio:
+        raise RopeError(f"rope.factor={e.scale:g} is below target_length / window = {ratio:g}: dynamic NTK would "
+                        f"need a transformers factor under 1, which it does not accept; leave rope.factor unset or "
+                        f"give at least {ratio:g}")
+    return {"factor": (e.scale - 1) / (ratio - 1)}, e.window  # transformers rescales beyond W itself
+
+
+def _yarn(e: Extension) -> tuple[dict, int]:
+    return {"factor": e.scale, "original_max_position_embeddings": e.window, "beta_fast": e.rope.beta_fast,
+            "beta_slow": e.rope.beta_slow}, e.target
+
+
+def _llama3(e: Extension) -> tuple[dict, int]:
+    return {"factor": e.scale, "original_max_position_embeddings": e.window,
+            "low_freq_factor": e.rope.low_freq_factor, "high_freq_factor": e.rope.high_freq_factor}, e.target
+
+
+def _longrope(e: Extension) -> tuple[dict, int]:
+    from .longrope import longrope_parameters
+
+    return longrope_parameters(e.config, e.window, e.scale, e.rope)
+
+
+BUILDERS: dict[str, Callable[[Extension], tuple[dict, int]]] = {
+    "linear": _linear, "dynamic": _dynamic, "yarn": _yarn, "llama3": _llama3, "longrope": _longrope}
+
+
 def scaled_config(config, target_length: int, rope: RopeScaling):
     """A copy of `config` whose RoPE covers `target_length`, as the module docstring defines per type."""
     if rope.type not in ROPE_TYPES:
@@ -127,28 +186,15 @@ def scaled_config(config, target_length: int, rope: RopeScaling):
     if s < 1:
         raise RopeError(f"rope.factor={rope.factor:g} would shrink the window; give a factor of at least 1 or leave "
                         "it unset (target_length / window)")
-    if existing:  # same type, composable: see the module docstring
-        new = {**existing, "factor": existing["factor"] * s}
-    else:
-        new = {"rope_type": rope.type, "factor": s, "rope_theta": params["rope_theta"]}
-        if rope.type == "dynamic":
-            ratio = target_length / window
-            if s < ratio:
-                raise RopeError(f"rope.factor={s:g} is below target_length / window = {ratio:g}: dynamic NTK would "
-                                f"need a transformers factor under 1, which it does not accept; leave rope.factor "
-                                f"unset or give at least {ratio:g}")
-            new["factor"] = (s - 1) / (ratio - 1)
-        if rope.type in ("yarn", "llama3"):
-            new["original_max_position_embeddings"] = window
-        if rope.type == "yarn":
-            new.update(beta_fast=rope.beta_fast, beta_slow=rope.beta_slow)
-        if rope.type == "llama3":
-            new.update(low_freq_factor=rope.low_freq_factor, high_freq_factor=rope.high_freq_factor)
-        if "partial_rotary_factor" in params:
-            new["partial_rotary_factor"] = params["partial_rotary_factor"]
     out = copy.deepcopy(config)
-    out.rope_parameters = new
-    out.max_position_embeddings = window if rope.type == "dynamic" else target_length
+    if existing:  # same type, composable: see the module docstring
+        out.rope_parameters = {**existing, "factor": existing["factor"] * s}
+        out.max_position_embeddings = target_length
+        return out
+    built, out.max_position_embeddings = BUILDERS[rope.type](Extension(config, window, s, target_length, rope))
+    out.rope_parameters = {"rope_type": rope.type, "rope_theta": params["rope_theta"], **built}
+    if "partial_rotary_factor" in params:
+        out.rope_parameters["partial_rotary_factor"] = params["partial_rotary_factor"]
     return out
 
 
