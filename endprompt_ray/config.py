@@ -12,8 +12,10 @@ from typing import Any, Literal
 import yaml
 
 from .anchoring import METHODS
+from .lora import LoraSpec
 from .modeling import TinySpec
 from .rope import RopeScaling
+from .s2_attention import LONGLORA_GROUP_FRACTION, check_s2_attention
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPT = "This is the end of text, please pay attention here"
@@ -35,7 +37,8 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = "tiny-base"  # 'tiny-base' (trained toy), 'tiny' (random), a model dir, a GGUF, or a hub id
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | s2_sdpa (LongLoRA S2-Attn, training only)
+    s2_group_fraction: float = LONGLORA_GROUP_FRACTION  # s2_sdpa: group size / training length
     tiny: TinySpec = field(default_factory=TinySpec)
 
 
@@ -86,6 +89,7 @@ class TrainConfig:
     loss_chunk_size: int = 0  # > 0: loss over this many positions at a time, never the full logits (loss.py)
     bf16: bool | None = None  # None: on with GPUs, off on CPU
     max_failures: int = 0
+    lora: LoraSpec = field(default_factory=LoraSpec)  # LoRA / LongLoRA baseline (lora.py)
 
 
 EvalSuite = Literal["passkey", "ppl", "ruler"]
@@ -196,6 +200,13 @@ class ExtendConfig:
             raise ConfigError("train.max_steps must be >= 0")
         if t.warmup_steps < 0 or t.loss_chunk_size < 0:
             raise ConfigError("train.warmup_steps and train.loss_chunk_size must be >= 0 (0: no warm-up / no chunking)")
+        try:
+            t.lora.validate("train.lora")
+            check_s2_attention(self.model.attn_implementation, m.kind,
+                               m.target_length if m.kind == "full_length" else m.physical_length,
+                               self.model.s2_group_fraction)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if not 0.0 <= t.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (a fraction of learning_rate)")
         e = self.eval

@@ -85,13 +85,15 @@ def probes(cfg: ExtendConfig, model_config=None) -> list[Probe]:
     if cfg.eval.enabled:
         out.append(Probe("evaluation (RULER prompts)", _imports("wonderwords")))
         out.append(Probe("evaluation plots", _plots))
-    lora = getattr(cfg.train, "lora", None)
-    if lora is not None and lora.enabled:
+    if cfg.train.lora.enabled:
         out.append(Probe("train.lora.enabled=true (the LoRA / LongLoRA baseline)", _peft,
                          install="pip install 'endprompt-ray[lora]'"))
-    if cfg.model.attn_implementation.startswith("flash_attention"):
-        out.append(Probe(f"model.attn_implementation={cfg.model.attn_implementation}", _imports("flash_attn"),
+    attn = cfg.model.attn_implementation
+    if attn.startswith("flash_attention"):
+        out.append(Probe(f"model.attn_implementation={attn}", _imports("flash_attn"),
                          install="pip install 'endprompt-ray[gpu]'"))
+    elif "/" in attn:  # a hub kernel (kernels-community/...), fetched by the `kernels` package
+        out.append(Probe(f"model.attn_implementation={attn}", _imports("kernels"), install="pip install kernels"))
     return out
 
 

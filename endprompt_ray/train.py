@@ -22,9 +22,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from .config import ExtendConfig, config_from_dict
 from .export import EXPORT_SUBDIR, save_hf_model
+from .lora import apply_lora
 from .loss import training_loss
 from .modeling import enable_activation_checkpointing, load_config, load_model, load_tokenizer
 from .rope import scaled_config
+from .s2_attention import S2_ATTENTION, register_s2_attention
 from .schedule import lr_scheduler_factory
 
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
@@ -162,6 +164,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.run.seed)
 
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")  # adopts Ray Train's process group
+    if cfg.model.attn_implementation == S2_ATTENTION:  # transformers checks the name while loading
+        register_s2_attention(cfg.model.s2_group_fraction)
     ds_config = deepspeed_config(cfg, world)
     model_config = scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length,
                                  cfg.rope)
@@ -176,6 +180,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model.config.use_cache = False
     if t.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    model = apply_lora(model, t.lora)  # after (ZeRO-3 partitioned) loading, before the engine; no-op when off
     engine, _, _, _ = deepspeed.initialize(
         model=model, config=ds_config, model_parameters=[p for p in model.parameters() if p.requires_grad],
         lr_scheduler=lr_scheduler_factory(t.lr_schedule, t.warmup_steps, cfg.train_steps, t.min_lr_ratio))
@@ -196,7 +201,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if final:
                 tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tiny) if rank == 0 else None
                 save_hf_model(engine, tokenizer, Path(tmp) / EXPORT_SUBDIR, is_writer=rank == 0, zero3=zero3,
-                              metadata={"config": cfg.to_dict(), "steps": step})
+                              metadata={"config": cfg.to_dict(), "steps": step}, lora=t.lora)
             metrics["checkpoint_s"] = time.perf_counter() - saving  # kept out of step_time_s and tokens_per_s
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 

@@ -123,3 +123,27 @@ def test_accumulation_prompts_masks_and_schedules_through_the_trainer(local_ray,
         assert speed * seconds == pytest.approx(2048, rel=1e-6)
     assert len(_history(result, "train/checkpoint_s")) == 2  # steps 2 and 4 saved a checkpoint
     _check_export(result.model_dir)
+
+
+def test_longlora_baseline_on_zero3_exports_a_merged_plain_model(local_ray, tmp_path):
+    """LoRA on q/k/v/o + trained embeddings and norms + S2-Attn, full-length, ZeRO-3: the export is a plain HF model
+    (adapters merged) whose frozen weights are the base's and whose adapted ones moved; the adapter is saved too."""
+    from safetensors.torch import load_file
+
+    from endprompt_ray.modeling import load_model
+
+    result = run_extend(_cfg(tmp_path, "longlora", "method.kind=full_length", "method.target_length=512",
+                             "train.max_steps=3", "train.checkpoint_every=3", "train.micro_batch_size=1",
+                             "train.deepspeed_config=configs/deepspeed/zero3.json", "train.lora.enabled=true",
+                             "train.lora.trainable=[embed_tokens,norm]", "train.lora.save_adapter=true",
+                             "model.attn_implementation=s2_sdpa"))
+    assert [s for s, _ in _history(result)] == [1, 2, 3]
+    exported = AutoModelForCausalLM.from_pretrained(result.model_dir).state_dict()
+    assert not any("lora" in name or "base_layer" in name for name in exported)
+    base = load_model("tiny").state_dict()
+    same = lambda name: torch.equal(exported[name].float(), base[name].to(torch.bfloat16).float())  # noqa: E731
+    assert same("model.layers.0.mlp.gate_proj.weight")  # frozen
+    assert not same("model.layers.0.self_attn.q_proj.weight")  # W + BA merged
+    assert not same("model.embed_tokens.weight") and not same("model.norm.weight")  # LongLoRA's trained extras
+    adapter = Path(result.model_dir) / "adapter"
+    assert (adapter / "adapter_config.json").exists() and load_file(adapter / "adapter_model.safetensors")

@@ -154,12 +154,7 @@ def test_merging_refuses_what_it_cannot_merge():
 def _config_with_lora(spec: LoraSpec):
     from endprompt_ray.config import load_config
 
-    cfg = load_config(None, ["eval.enabled=false"])
-    if not hasattr(cfg.train, "lora"):  # until the config tree carries the field, attach it as it will be
-        object.__setattr__(cfg.train, "lora", spec)
-    else:
-        cfg.train.lora = spec
-    return cfg
+    return load_config(None, ["eval.enabled=false", f"train.lora.enabled={str(spec.enabled).lower()}"])
 
 
 def test_lora_enabled_probes_peft_and_names_the_extra_when_missing(monkeypatch):
