@@ -97,13 +97,23 @@ def run_one(run: Run, args, parent_id: str) -> dict:
     cfg = load_config(args.config, base_overrides(args, run))
     started = time.perf_counter()
     result = run_extend(cfg, mlflow_tags={"mlflow.parentRunId": parent_id, "endprompt.minirepro": run.label})
-    steps = MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "train/step_time_s")
+    history = sorted(MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "train/step_time_s"),
+                     key=lambda m: m.step)
     report = result.evaluation
     (scores,) = [s for v, s in report.scores.items() if v in ("trained", "rope_only")]
     return {"arm": run.arm, "label": run.label, "seed": run.seed, "steps": run.steps,
-            "train_seconds": round(sum(m.value for m in steps), 2),
+            "train_seconds": round(training_seconds(history), 2),
             "wall_seconds": round(time.perf_counter() - started, 1), "run_id": result.mlflow_run_id,
             **{suite: {int(n): v for n, v in by.items()} for suite, by in scores.items()}}
+
+
+def training_seconds(step_times) -> float:
+    """Seconds spent in training steps: each report's step_time_s is a mean over the steps since the last one."""
+    done, total = 0, 0.0
+    for metric in step_times:
+        total += metric.value * (metric.step - done)
+        done = metric.step
+    return total
 
 
 def summarise(records: list[dict], lengths: list[int]) -> list[dict]:
