@@ -19,7 +19,9 @@ The baselines come from the same builder: `contiguous` (first P tokens, position
 tokens, positions 0..L-1) and `pose` (PoSE as in its official code, see `pose_layout`).
 
 Every function works on a whole batch: documents are gathered from one flat token array with index arithmetic, and
-random draws are keyed by document content and a seed, so a sample gets the same draw whatever batch it lands in.
+random draws are keyed by document content, a seed and the epoch, so a sample gets the same draw whatever batch it
+lands in, and a new one in every epoch. A sample reads only a document's head and tail (`AnchorSpec.token_span`):
+a document cut to them beforehand gives the same samples.
 """
 
 from __future__ import annotations
@@ -80,6 +82,17 @@ class AnchorSpec:
             needed -= self.prompt_length
         return needed
 
+    @property
+    def token_span(self) -> tuple[int, int]:
+        """(head, tail): a sample reads at most a document's first `head` and last `tail` tokens (after the prefix),
+        so longer documents can be cut to them (`cut_to_span`) before anchoring without changing any sample."""
+        k = len(self.prefix_ids)
+        if self.method == "pose":  # content skips reach into the first 5 P tokens of prefix + document
+            return POSE_CONTENT_WINDOW * self.physical_length - k, 0
+        if self.method == "endprompt" and self.prompt_source == "tail":
+            return self.physical_length - k - self.prompt_length, self.prompt_length
+        return self.min_document_tokens, 0  # template, continuation, contiguous and full_length read a prefix only
+
     def validate(self) -> "AnchorSpec":
         P, L, b = self.physical_length, self.target_length, self.prompt_length
         if self.method not in METHODS:
@@ -121,7 +134,7 @@ class AnchorSpec:
         return self
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: a fast, well-spread hash of uint64 values."""
     x = x.astype(np.uint64, copy=True)
     with np.errstate(over="ignore"):
@@ -137,11 +150,29 @@ def sample_keys(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed:
     """A uint64 key per document from its length and first `width` tokens: the same document gives the same key."""
     idx = starts[:, None] + np.minimum(np.arange(width)[None, :], lengths[:, None] - 1)  # documents are non-empty
     tokens = flat[idx]
-    key = _mix64(np.full(len(starts), seed, dtype=np.uint64) ^ lengths.astype(np.uint64))
+    key = mix64(np.full(len(starts), seed, dtype=np.uint64) ^ lengths.astype(np.uint64))
     with np.errstate(over="ignore"):
         for column in tokens.T.astype(np.uint64):  # `width` vector steps, not per token
-            key = _mix64(key ^ column)
+            key = mix64(key ^ column)
     return key
+
+
+def draw_keys(keys: np.ndarray, seed: int, epoch: int = 0) -> np.ndarray:
+    """Keys for the random draws of samples with document identities `keys` (uint64, e.g. a hash of each text).
+    Epoch 0 keeps the seeded keys; later epochs mix the epoch in, so every epoch draws new anchors and skips."""
+    keys = mix64(np.asarray(keys, dtype=np.uint64) ^ mix64(np.uint64(seed % 2**64)))
+    return epoch_keys(keys, epoch)
+
+
+def epoch_keys(keys: np.ndarray, epoch: int) -> np.ndarray:
+    if epoch == 0:
+        return keys
+    return mix64(keys ^ mix64(np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(epoch)))
+
+
+def cut_to_span(ids: np.ndarray, head: int, tail: int) -> np.ndarray:
+    """A document's first `head` and last `tail` tokens when it is longer than both, else the document."""
+    return ids if len(ids) <= head + tail else np.concatenate([ids[:head], ids[len(ids) - tail:]])
 
 
 def uniform_draws(keys: np.ndarray, low, high, stream: int = 0) -> np.ndarray:
@@ -149,7 +180,7 @@ def uniform_draws(keys: np.ndarray, low, high, stream: int = 0) -> np.ndarray:
     `low` and `high` are ints or per-key arrays (for draws bounded by an earlier draw)."""
     low = np.asarray(low, dtype=np.int64)
     span = (np.asarray(high, dtype=np.int64) - low + 1).astype(np.uint64)
-    return low + (_mix64(keys ^ _mix64(np.uint64(stream + 1) * np.ones_like(keys))) % span).astype(np.int64)
+    return low + (mix64(keys ^ mix64(np.uint64(stream + 1) * np.ones_like(keys))) % span).astype(np.int64)
 
 
 def to_flat(documents: Sequence[Sequence[int]] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,12 +219,18 @@ def pack_short_documents(documents: Sequence[Sequence[int]], min_tokens: int, eo
     return units, packs, len(pending)
 
 
-def build_samples(documents: Sequence[Sequence[int]], spec: AnchorSpec) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def build_samples(documents: Sequence[Sequence[int]], spec: AnchorSpec, keys: np.ndarray | None = None,
+                  epoch: int = 0) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Turn a batch of tokenised documents into fixed-length samples.
 
+    `keys`: one uint64 identity per document (its random draws follow from it, `spec.seed` and `epoch`); without
+    them the draws are keyed by each document's length and first tokens. With `keys` every document must already be
+    long enough (the training stream packs short documents itself, across the whole corpus).
     Returns ({"input_ids", "position_ids", "labels"}: int64 arrays of shape [n, sequence_length], stats) where
     stats counts documents in, samples out, packs made and documents skipped as too short.
     """
+    if keys is not None:
+        return _build_keyed(documents, spec, np.asarray(keys, dtype=np.uint64), epoch)
     need = spec.min_document_tokens
     if spec.short_docs == "pack":
         units, packs, dropped = pack_short_documents(documents, need, spec.eos_id)
@@ -207,15 +244,34 @@ def build_samples(documents: Sequence[Sequence[int]], spec: AnchorSpec) -> tuple
     stats = {"documents": len(documents), "samples": len(units), "packs": packs,
              "skipped_short": skipped_short, "dropped_pack_remainder": dropped}
     flat, starts, lengths = to_flat(units)
-    n, T = len(units), spec.sequence_length
-    prefix = np.asarray(spec.prefix_ids, dtype=np.int64)
-    empty = np.zeros((0, T), dtype=np.int64)
-    if n == 0:
+    if not units:
+        empty = np.zeros((0, spec.sequence_length), dtype=np.int64)
         return {"input_ids": empty, "position_ids": empty, "labels": empty}, stats
+    keys = epoch_keys(sample_keys(flat, starts, lengths, spec.seed), epoch)
+    return _anchor(flat, starts, lengths, keys, spec), stats
 
+
+def _build_keyed(documents, spec: AnchorSpec, keys: np.ndarray, epoch: int):
+    if len(keys) != len(documents):
+        raise AnchorError(f"{len(keys)} keys for {len(documents)} documents")
+    flat, starts, lengths = to_flat(documents)
+    if (lengths < spec.min_document_tokens).any():
+        raise AnchorError(f"a document of {lengths.min()} tokens is shorter than the {spec.min_document_tokens} "
+                          "a sample needs; pack or skip short documents before anchoring")
+    stats = {"documents": len(documents), "samples": len(documents), "packs": 0, "skipped_short": 0,
+             "dropped_pack_remainder": 0}
+    if not len(documents):
+        empty = np.zeros((0, spec.sequence_length), dtype=np.int64)
+        return {"input_ids": empty, "position_ids": empty, "labels": empty}, stats
+    return _anchor(flat, starts, lengths, draw_keys(keys, spec.seed, epoch), spec), stats
+
+
+def _anchor(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, keys: np.ndarray, spec: AnchorSpec
+            ) -> dict[str, np.ndarray]:
     # Each sample is read from its unit as the model would see it encoded: the prefix, then the document.
     # `source` holds indices into that sequence, so every method is an index pattern plus position ids.
-    keys = sample_keys(flat, starts, lengths, spec.seed)
+    n, T = len(starts), spec.sequence_length
+    prefix = np.asarray(spec.prefix_ids, dtype=np.int64)
     available = len(prefix) + lengths
     if spec.method == "pose":
         source, position_ids = pose_layout(keys, available, T, spec.target_length, spec.pose_chunks)
@@ -243,7 +299,7 @@ def build_samples(documents: Sequence[Sequence[int]], spec: AnchorSpec) -> tuple
         labels[:, : T - b] = IGNORE_INDEX
     elif spec.method == "endprompt" and spec.mask == "segment2":
         labels[:, T - b:] = IGNORE_INDEX
-    return {"input_ids": np.ascontiguousarray(input_ids), "position_ids": position_ids, "labels": labels}, stats
+    return {"input_ids": np.ascontiguousarray(input_ids), "position_ids": position_ids, "labels": labels}
 
 
 def _gather(flat: np.ndarray, starts: np.ndarray, prefix: np.ndarray, source: np.ndarray) -> np.ndarray:

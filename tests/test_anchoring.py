@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from endprompt_ray.anchoring import (IGNORE_INDEX, AnchorError, AnchorSpec, build_samples, pack_short_documents,
-                                     sample_keys, to_flat, uniform_draws)
+from endprompt_ray.anchoring import (IGNORE_INDEX, AnchorError, AnchorSpec, build_samples, cut_to_span,
+                                     pack_short_documents, sample_keys, to_flat, uniform_draws)
 
 
 def spec(**kw):
@@ -99,6 +99,46 @@ def test_random_anchor_range_seeded_and_batch_independent():
     np.testing.assert_array_equal(again["position_ids"], out["position_ids"][1000:])
     other_seed, _ = build_samples(docs, spec(anchor="random", seed=8))
     assert (other_seed["position_ids"][:, 6] != starts).any()
+
+
+def test_keyed_draws_are_new_every_epoch_and_the_same_in_any_batch():
+    rng = np.random.default_rng(4)
+    docs = [rng.integers(3, 1000, size=12) for _ in range(500)]
+    keys = rng.integers(0, 2**63, size=500).astype(np.uint64)
+    s = spec(anchor="random", seed=7)
+    first, _ = build_samples(docs, s, keys=keys, epoch=0)
+    second, _ = build_samples(docs, s, keys=keys, epoch=1)
+    assert (first["position_ids"][:, 6] != second["position_ids"][:, 6]).mean() > 0.8  # 25 possible starts
+    np.testing.assert_array_equal(first["input_ids"], second["input_ids"])
+    part, _ = build_samples(docs[100:200], s, keys=keys[100:200], epoch=1)
+    np.testing.assert_array_equal(part["position_ids"], second["position_ids"][100:200])
+    same_docs_other_keys, _ = build_samples(docs, s, keys=keys + np.uint64(1), epoch=0)
+    assert (same_docs_other_keys["position_ids"] != first["position_ids"]).any()
+    legacy, _ = build_samples(docs, s, epoch=1)  # keyed by content without keys: also new each epoch
+    assert (legacy["position_ids"] != build_samples(docs, s)[0]["position_ids"]).any()
+    with pytest.raises(AnchorError, match="shorter than the 6 a sample needs"):
+        build_samples([DOC, [5, 6]], spec(), keys=np.array([1, 2], dtype=np.uint64))
+
+
+@pytest.mark.parametrize("kw, span", [
+    (dict(), (6, 0)),  # template: P - b (b = 2)
+    (dict(prefix_ids=(1,)), (5, 0)),
+    (dict(prompt_source="tail", tail_length=3, prefix_ids=(1,)), (4, 3)),  # P - 1 - b head, b tail
+    (dict(prompt_source="continuation", tail_length=3), (8, 0)),
+    (dict(method="contiguous", prefix_ids=(1,)), (7, 0)),
+    (dict(method="full_length", target_length=12), (12, 0)),
+    (dict(method="pose", prefix_ids=(1,)), (39, 0)),  # 5 P - 1
+])
+def test_token_span_is_what_a_sample_reads(kw, span):
+    s = spec(**kw)
+    assert s.token_span == span
+    doc = np.arange(100, 160)
+    cut = cut_to_span(doc, *span)
+    np.testing.assert_array_equal(cut, np.r_[doc[:span[0]], doc[len(doc) - span[1]:]])
+    keys = np.array([9], dtype=np.uint64)
+    np.testing.assert_array_equal(build_samples([cut], s, keys=keys, epoch=2)[0]["input_ids"],
+                                  build_samples([doc], s, keys=keys, epoch=2)[0]["input_ids"])
+    np.testing.assert_array_equal(cut_to_span(doc[:5], *span), doc[:5])
 
 
 def test_pack_joins_short_documents_with_eos():
