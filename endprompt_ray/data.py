@@ -1,8 +1,20 @@
-"""Ray Data pipeline: corpus files -> records -> token ids (actor pool) -> anchored fixed-length samples.
+"""Ray Data pipeline: corpus files -> records -> token ids (actor pool) -> the training stream.
+
+Ray Data reads and tokenises the corpus once and keeps the result in Ray's object store: one row per valid document,
+its key (a hash of its text) and its token ids as int32, cut to the head and tail the method reads
+(`AnchorSpec.token_span`), tokenising only windows of long texts. Which samples train in which step is then pure
+arithmetic over document positions (stream.py), and a `SampleSource` builds the samples of any stream positions:
+training workers fetch only the blocks holding their own samples' documents.
+
+Why not let Ray Data order and split the samples: `random_shuffle(seed=...)` permutes within and between blocks, so
+its order changes with the block layout; `iter_batches(local_shuffle_seed=...)` shuffles whatever blocks reach one
+consumer first; `streaming_split` hands blocks to whichever worker asks ("OutputSplitter does not provide any
+ordering guarantees"); `sort` on a hashed key would fix the order but costs an all-to-all pass per epoch and still
+leaves the split to block boundaries. The one guarantee used is `preserve_order`: the tokenised rows come out in
+corpus order (files sorted, records in file order) whatever the blocks, batches or CPUs.
 
 Bad records (invalid JSON, missing or non-string text field, empty text, undecodable bytes) are counted, not fatal.
-Counts go to a small actor keyed by a fingerprint of each batch, so re-reading data in a later epoch or a
-retried task does not count the same records twice; `data_report()` reads the totals at the end.
+Counts go to a small actor keyed by a fingerprint of each batch, so a retried task does not count twice.
 """
 
 from __future__ import annotations
@@ -10,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +33,8 @@ from .anchoring import AnchorSpec, build_samples
 from .config import ConfigError, DataConfig, ExtendConfig
 from .demo_corpus import generate_documents
 from .sources import is_remote, resolve_remote, single_format
+from .stream import Orders, Units, plan_units, step_positions
+from .tokenize import encode_spans, rust_tokenizer, text_keys  # noqa: F401 - also the data API
 
 RECORD = "record"  # column of raw records: one JSON line, or one whole text document
 DEMO_RETRIEVAL_SEED = 7  # the extension demo's episodes; the toy base was pretrained on seed 0
@@ -49,9 +64,14 @@ def _fingerprint(values) -> str:
     return digest.hexdigest()
 
 
-def data_report(stats) -> dict[str, int]:
-    """Totals of records read, skipped by reason, samples built (`stats` from `build_dataset`)."""
-    return ray.get(stats.totals.remote())
+@dataclass(frozen=True)
+class DataSummary:
+    report: dict  # records read, skipped by reason, documents, tokens cut, samples per epoch, packs, ...
+
+
+def data_report(summary: DataSummary) -> dict[str, int]:
+    """Totals of records read, skipped by reason, samples per epoch (`summary` from `build_stream`)."""
+    return dict(summary.report)
 
 
 # ---- reading ---------------------------------------------------------------------------------------------------------
@@ -108,7 +128,7 @@ def read_records(cfg: DataConfig, tokenizer=None) -> tuple[ray.data.Dataset, str
                               "set data.text_field")
         return ray.data.from_huggingface(hf.select_columns([cfg.text_field])).rename_columns(
             {cfg.text_field: RECORD}), fmt
-    return _read_format([str(p) for p in paths], fmt, cfg.text_field, cfg.cpus_per_task), fmt
+    return _read_format([str(f) for f in files], fmt, cfg.text_field, cfg.cpus_per_task), fmt  # sorted: the order
 
 
 def _check_parquet_column(path: str, text_field: str, filesystem=None) -> None:
@@ -172,62 +192,22 @@ def extract_texts(records, fmt: str, text_field: str) -> tuple[list[str], Counte
 
 # ---- the two transforms ------------------------------------------------------------------------------------------------
 
-def rust_tokenizer(tokenizer):
-    """The Rust `tokenizers.Tokenizer` inside a Hugging Face fast tokenizer, set up as the wrapper's plain call sets it
-    up (no truncation, no padding, its special-token splitting), so its `encode_batch` gives exactly the ids of
-    `tokenizer(texts, add_special_tokens=False)`. Shipping it instead of the wrapper spares every tokenizer actor the
-    transformers import when it unpickles its tokenizer: most of a second on the critical path of every pipeline
-    start (each epoch starts a new actor pool), during which no document is tokenised.
-    Returns `tokenizer` unchanged when it has no Rust core or encodes in Python itself (a subclass that overrides it).
-    """
-    from transformers import TokenizersBackend
-
-    if (not isinstance(tokenizer, TokenizersBackend) or hasattr(tokenizer, "_switch_to_input_mode")
-            or type(tokenizer)._encode_plus is not TokenizersBackend._encode_plus):
-        return tokenizer
-    from tokenizers import Tokenizer
-
-    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the driver's tokenizer stays as it was
-    core.no_truncation()
-    core.no_padding()
-    core.encode_special_tokens = bool(tokenizer.split_special_tokens)
-    return core
-
-
-def encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids without special tokens, from a `rust_tokenizer` result (a Rust core or a Hugging Face tokenizer)."""
-    from tokenizers import Tokenizer
-
-    if not texts:
-        return []
-    if isinstance(tokenizer, Tokenizer):
-        return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
 class Tokenize:
-    """Actor-pool UDF: each actor receives the driver's tokenizer once (no model download on data nodes), as its
-    Rust core where it has one (see `rust_tokenizer`)."""
+    """Actor-pool UDF: records -> {key, input_ids (int32, cut to the method's span)}. Each actor receives the
+    driver's tokenizer once (no model download on data nodes), as its Rust core where it has one
+    (see `rust_tokenizer`)."""
 
-    def __init__(self, tokenizer, fmt: str, text_field: str, stats) -> None:
-        self.tokenizer, self.fmt, self.text_field, self.stats = tokenizer, fmt, text_field, stats
+    def __init__(self, tokenizer, fmt: str, text_field: str, stats, span: tuple[int, int]) -> None:
+        self.tokenizer, self.fmt, self.text_field, self.stats, self.span = tokenizer, fmt, text_field, stats, span
 
     def __call__(self, batch: dict) -> pa.Table:
         records = list(batch[RECORD])
         texts, counts = extract_texts(records, self.fmt, self.text_field)
-        ids = encode(self.tokenizer, texts)
+        ids, cut = encode_spans(self.tokenizer, texts, *self.span)
         ray.get(self.stats.add.remote("read", _fingerprint(r if isinstance(r, bytes) else str(r).encode()
-                                                           for r in records), dict(counts)))
-        return pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int32()))})
-
-
-def anchor_batch(batch: dict, spec: AnchorSpec, stats) -> dict:
-    """Stateless batch transform (runs as parallel tasks): token lists -> {input_ids, position_ids, labels}."""
-    docs = list(batch["input_ids"])
-    samples, counts = build_samples(docs, spec)
-    counts = {k: v for k, v in counts.items() if k != "documents"}
-    ray.get(stats.add.remote("anchor", _fingerprint(docs), counts))
-    return samples
+                                                           for r in records), dict(counts + cut)))
+        return pa.table({"key": pa.array(text_keys(texts), type=pa.uint64()),
+                         "input_ids": pa.array(ids, type=pa.list_(pa.int32()))})
 
 
 def bos_prefix(tokenizer) -> tuple[int, ...]:
@@ -255,17 +235,133 @@ def anchor_spec(cfg: ExtendConfig, tokenizer) -> AnchorSpec:
                       prefix_ids=prefix).validate()
 
 
-def build_dataset(cfg: ExtendConfig, tokenizer):
-    """(the lazy training dataset, its DataStats actor); nothing runs until Ray Train workers iterate their shards."""
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic for fixed workers
+# ---- the training stream ---------------------------------------------------------------------------------------------
+
+class SampleSource:
+    """The training samples at any global stream positions (stream.py), built from the tokenised documents that the
+    driver materialised once. Picklable: it travels to training workers and Ray Data tasks, which fetch only the
+    blocks holding the documents of the samples they build, so a resumed run reads nothing it skips."""
+
+    def __init__(self, blocks: list, block_starts: np.ndarray, units, spec: AnchorSpec, seed: int, shuffle: bool,
+                 samples_per_epoch: int) -> None:
+        self.blocks, self.block_starts, self.units_ref = blocks, block_starts, units  # units: a ref to stream.Units
+        self.spec, self.seed, self.shuffle, self.samples_per_epoch = spec, seed, shuffle, samples_per_epoch
+        self._units: Units | None = None
+        self._orders = Orders(samples_per_epoch, seed, shuffle)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_units": None, "_cache": {}}
+
+    @property
+    def units(self) -> Units:
+        """The samples of an epoch in corpus order, as documents (stream.plan_units)."""
+        return self._plan()
+
+    def epoch_of(self, position: int) -> int:
+        return position // self.samples_per_epoch
+
+    def micro_batches(self, start: int, micro_batch: int, grad_accum: int, rank: int, world: int) -> list[dict]:
+        """The micro-batches of worker `rank` of `world` in the optimizer step that begins at stream position
+        `start` (samples consumed so far): dicts of int32 arrays [micro_batch, sequence_length]."""
+        return [self.samples(p) for p in step_positions(start, micro_batch, grad_accum, rank, world)]
+
+    def samples(self, positions) -> dict[str, np.ndarray]:
+        """{"input_ids", "position_ids", "labels"} (int32, one row per position) at global stream positions."""
+        if self.samples_per_epoch == 0:
+            raise ConfigError("the corpus yields no training samples (see the data report)")
+        units = self._plan()
+        epochs, picked = self._orders.units_at(np.asarray(positions, dtype=np.int64))
+        docs = [self._unit_tokens(units, u) for u in picked]
+        out = {k: np.empty((len(picked), self.spec.sequence_length), dtype=np.int32)
+               for k in ("input_ids", "position_ids", "labels")}
+        for epoch in np.unique(epochs):  # a step may straddle two epochs
+            rows = np.flatnonzero(epochs == epoch)
+            built, _ = build_samples([docs[r] for r in rows], self.spec, keys=units.keys[picked[rows]],
+                                     epoch=int(epoch))
+            for key, array in out.items():
+                array[rows] = built[key]
+        return out
+
+    def _plan(self) -> Units:
+        if self._units is None:
+            self._units = ray.get(self.units_ref)
+        return self._units
+
+    def _unit_tokens(self, units: Units, unit: int) -> np.ndarray:
+        """A unit's tokens: one document, or short documents joined with EOS (as `pack_short_documents` joins)."""
+        parts = []
+        for doc in units.documents_of(unit):
+            if parts:
+                parts.append(np.array([self.spec.eos_id], dtype=np.int32))
+            parts.append(self._document(int(doc)))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _document(self, doc: int) -> np.ndarray:
+        block = int(np.searchsorted(self.block_starts, doc, side="right")) - 1
+        if block not in self._cache:
+            if len(self._cache) >= 64:  # zero-copy views of the object store on the same node: cheap to keep
+                self._cache.pop(next(iter(self._cache)))
+            column = ray.get(self.blocks[block]).column("input_ids").combine_chunks()
+            self._cache[block] = (column.offsets.to_numpy(), column.values.to_numpy())
+        offsets, values = self._cache[block]
+        row = doc - self.block_starts[block]
+        return values[offsets[row]:offsets[row + 1]]
+
+
+@ray.remote(num_cpus=0)
+def _block_index(block: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(token counts, keys) of one block's documents: the driver plans the stream without fetching any tokens."""
+    ids = block.column("input_ids").combine_chunks()
+    return np.diff(ids.offsets.to_numpy()), block.column("key").to_numpy()
+
+
+def build_stream(cfg: ExtendConfig, tokenizer, shuffle: bool | None = None) -> tuple[SampleSource, DataSummary]:
+    """Read and tokenise the corpus once (materialised in Ray's object store) and plan the training stream:
+    (the SampleSource that training workers draw their micro-batches from, the data summary).
+    `shuffle` (default: data.shuffle, else on) orders every epoch's samples by a permutation keyed by run.seed."""
+    shuffle = getattr(cfg.data, "shuffle", True) if shuffle is None else shuffle
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows in corpus order (see top)
     spec = anchor_spec(cfg, tokenizer)
     stats = DataStats.remote()
     records, fmt = read_records(cfg.data, tokenizer)
-    tokens = records.map_batches(
+    documents = records.map_batches(
         Tokenize, batch_size=cfg.data.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenizer_actors),
         num_cpus=cfg.data.cpus_per_task,
-        fn_constructor_args=(rust_tokenizer(tokenizer), fmt, cfg.data.text_field, stats))
-    samples = tokens.map_batches(anchor_batch, batch_size=cfg.data.batch_size, batch_format="numpy",
-                                 num_cpus=cfg.data.cpus_per_task, fn_kwargs={"spec": spec, "stats": stats})
-    return samples, stats
+        fn_constructor_args=(rust_tokenizer(tokenizer), fmt, cfg.data.text_field, stats, spec.token_span))
+    blocks = documents.materialize().to_arrow_refs()  # in dataset order: the corpus order
+    index = ray.get([_block_index.remote(block) for block in blocks])
+    lengths = np.concatenate([np.zeros(0, dtype=np.int64)] + [counts for counts, _ in index])
+    keys = np.concatenate([np.zeros(0, dtype=np.uint64)] + [k for _, k in index])
+    block_starts = np.concatenate([[0], np.cumsum([len(k) for _, k in index])]).astype(np.int64)
+    units = plan_units(lengths, keys, spec.min_document_tokens, pack=spec.short_docs == "pack")
+    report = {**ray.get(stats.totals.remote()), **units.counts}
+    ray.kill(stats)
+    skipped = int((lengths == 0).sum())
+    if skipped:
+        report["skipped_no_tokens"] = skipped
+    if not len(units):
+        raise ConfigError(f"the corpus yields no training samples: {report.get('documents', 0)} documents, "
+                          f"none (or no pack of them) with the {spec.min_document_tokens} tokens a sample needs "
+                          f"(data report: {report}); use longer documents, method.short_docs=pack, or a smaller "
+                          "method.physical_length")
+    source = SampleSource(blocks, block_starts, ray.put(units), spec, cfg.run.seed, shuffle, len(units))
+    return source, DataSummary(report)
+
+
+def _samples_at(batch: dict, source: SampleSource) -> dict:
+    return source.samples(batch["data"])
+
+
+def build_dataset(cfg: ExtendConfig, tokenizer, shuffle: bool | None = None):
+    """(epoch 0 of the training stream as a Ray Dataset of samples in stream order, the data summary): for
+    consumers that iterate a Dataset. Each epoch of the stream itself comes from `SampleSource.samples`."""
+    source, summary = build_stream(cfg, tokenizer, shuffle)
+    n, size = source.samples_per_epoch, cfg.data.batch_size
+    # blocks of positions made on the driver: no read task that would wait for a CPU beside CPU training workers
+    positions = ray.data.from_numpy([np.arange(k, min(k + size, n)) for k in range(0, n, size)])
+    samples = positions.map_batches(
+        _samples_at, batch_size=cfg.data.batch_size, batch_format="numpy", num_cpus=cfg.data.cpus_per_task,
+        fn_kwargs={"source": source})
+    return samples, summary
