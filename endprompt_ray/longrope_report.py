@@ -192,9 +192,12 @@ def plot_search(run_dir: Path, evo: Evolution, references: dict) -> dict[str, Pa
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(range(len(evo.curve)), evo.curve, marker="o", color="black", label="best so far")
-    for name, ppl in seed_scores(evo).items():
-        if math.isfinite(ppl):
-            ax.axhline(ppl, linestyle="--", linewidth=1, label=f"{name} {ppl:.3f}", color=None)
+    seeds = {k: v for k, v in seed_scores(evo).items() if math.isfinite(v)}
+    for i, (name, ppl) in enumerate(seeds.items()):
+        ax.axhline(ppl, linestyle="--", linewidth=1, label=f"seed {name} {ppl:.3f}", color=f"C{i}")
+    values = [v for v in [*evo.curve, *seeds.values()] if math.isfinite(v)]
+    if values and max(values) > 3 * min(values):
+        ax.set_yscale("log")
     ax.set_xlabel("generation (0: initial population)")
     ax.set_ylabel("fitness (perplexity)")
     ax.grid(alpha=0.3)
@@ -219,7 +222,7 @@ def finish(spec, plan, started: float):
     run = json.loads((run_dir / RUN_FILE).read_text())
     files = {"best_factors": write_best(run_dir, evo), "candidates": run_dir / "candidates.csv"}
     files["extend_config"] = extend_snippet(spec, files["best_factors"])
-    files.update(plot_search(run_dir, evo, plan.references))
+    files.update(plot_search(run_dir, evo, plan.references if spec.factors == "long" else {}))
     client = MlflowClient(run["tracking_uri"])
     for path in files.values():
         client.log_artifact(run["mlflow_run_id"], str(path))

@@ -179,3 +179,14 @@ def test_a_two_iteration_search_end_to_end(local_ray, tiny_dir, tmp_path, capsys
     assert len(children) == 3
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"best_factors.yaml", "extend_longrope.yaml", "factors.png", "best_ppl.png"} <= artifacts
+
+
+def test_the_comparison_of_scalings_without_fine_tuning(tiny_dir, tmp_path, one_thread):
+    from endprompt_ray.longrope_compare import compare, markdown
+
+    factors = tmp_path / "f.yaml"
+    factors.write_text(yaml.safe_dump([1.0, 1.0, 1.2, 1.5, 2.0, 2.0, 2.0, 2.0]))
+    rows = compare("tiny", {512: str(factors)}, num_documents=1, passkey_samples=1, out_dir=tmp_path / "out")
+    assert [r["variant"] for r in rows] == ["base", "PI", "NTK", "YaRN", "LongRoPE"]
+    assert rows[1]["rope"] == "linear x2" and all(math.isfinite(r["ppl_target"]) for r in rows)
+    assert markdown(rows, 256).splitlines()[-1].startswith("| 2x (512) | LongRoPE |")
