@@ -246,6 +246,7 @@ class SampleSource:
                  samples_per_epoch: int) -> None:
         self.blocks, self.block_starts, self.units_ref = blocks, block_starts, units  # units: a ref to stream.Units
         self.spec, self.seed, self.shuffle, self.samples_per_epoch = spec, seed, shuffle, samples_per_epoch
+        self.fingerprint = ""  # of the tokenised corpus (document keys and token counts): set by build_stream
         self._units: Units | None = None
         self._orders = Orders(samples_per_epoch, seed, shuffle)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -347,6 +348,8 @@ def build_stream(cfg: ExtendConfig, tokenizer, shuffle: bool | None = None) -> t
                           f"(data report: {report}); use longer documents, method.short_docs=pack, or a smaller "
                           "method.physical_length")
     source = SampleSource(blocks, block_starts, ray.put(units), spec, cfg.run.seed, shuffle, len(units))
+    digest = hashlib.blake2b(keys.tobytes() + lengths.astype(np.int64).tobytes(), digest_size=16)
+    source.fingerprint = digest.hexdigest()  # what a resume can check against the checkpoint's
     return source, DataSummary(report)
 
 

@@ -50,7 +50,7 @@ def encode(tokenizer, texts: list[str]) -> list[list[int]]:
 # tokens are the text's own. GUARD_TOKENS of margin cover what a normaliser may still change next to the cut
 # (e.g. a prepended "▁"); a text with no such boundary near the cut, or a window short of tokens after it has grown,
 # is tokenised whole.
-CUT = re.compile(r"(?<=[^\W_]) (?=\S)")
+CUT = re.compile(r"[^\W_] (?=\S)")  # matched at the character before the space
 CHARS_PER_TOKEN = 6  # the first window's size; prose averages 3-5 characters per token
 GUARD_TOKENS = 8
 SEARCH_CHARS = 2048  # how far before (head) or after (tail) the ideal cut a boundary is looked for
@@ -92,15 +92,23 @@ def encode_spans(tokenizer, texts: list[str], head: int, tail: int) -> tuple[lis
 
 def _window_ends(text: str, head_chars: int, tail_chars: int) -> tuple[int, int] | None:
     """(end of the head window, start of the tail window) at cut boundaries, or None to tokenise the text whole."""
-    head_end = None
-    for match in CUT.finditer(text, max(0, head_chars - SEARCH_CHARS), head_chars):
-        head_end = match.start()
-    if head_end is None:
-        return None
-    if not tail_chars:
-        return head_end, len(text)
-    match = CUT.search(text, len(text) - tail_chars, len(text) - tail_chars + SEARCH_CHARS)
-    return (head_end, match.start()) if match and match.start() > head_end else None
+    head_end = _cut_near(text, head_chars, backwards=True)
+    if head_end is None or not tail_chars:
+        return None if head_end is None else (head_end, len(text))
+    tail_start = _cut_near(text, len(text) - tail_chars, backwards=False)
+    return (head_end, tail_start) if tail_start is not None and tail_start > head_end else None
+
+
+def _cut_near(text: str, at: int, backwards: bool) -> int | None:
+    """The nearest space at or before (after) `at`, within SEARCH_CHARS, that is a cut boundary (see CUT)."""
+    lo, hi = max(1, at - SEARCH_CHARS), min(len(text) - 1, at + SEARCH_CHARS)
+    i = at if backwards else at - 1
+    while True:  # str.find/rfind run in C; a regex scan with lookbehind over the range costs more than the encode
+        i = text.rfind(" ", lo, i) if backwards else text.find(" ", i + 1, hi)
+        if i < 0:
+            return None
+        if CUT.match(text, i - 1):
+            return i
 
 
 def text_keys(texts: list[str]) -> np.ndarray:
