@@ -251,8 +251,9 @@ class SampleSource:
         self._orders = Orders(samples_per_epoch, seed, shuffle)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_units": None, "_cache": {}}
+    def __getstate__(self) -> dict:  # the plan travels as its ref; caches are rebuilt where the copy runs
+        return {**self.__dict__, "_units": None, "_cache": {},
+                "_orders": Orders(self.samples_per_epoch, self.seed, self.shuffle)}
 
     @property
     def units(self) -> Units:
