@@ -47,29 +47,25 @@ class SearchReporter:
 
     @classmethod
     def open(cls, spec, plan) -> "SearchReporter":
-        """The MLflow parent run for spec.name (reused when the name runs again), its params, and the run file."""
-        from .tracking import experiment_id
-
+        """A new MLflow parent run for the search, its params, and the run file (a resumed search keeps its run)."""
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
+
+        from .tracking import experiment_id
 
         client = MlflowClient(spec.uri)
         experiment = experiment_id(client, spec.experiment)
-        found = client.search_runs([experiment], f"tags.`{RUN_NAME_TAG}` = '{spec.name}'", max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = client.create_run(experiment, run_name=spec.name,
-                                       tags={RUN_NAME_TAG: spec.name, "endprompt.kind": "longrope-search"}).info.run_id
-            params = {f"search.{k}": json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-                      for k, v in asdict(spec).items()}
-            params.update({"search.window": str(plan.window), "search.scale": str(plan.scale),
-                           "search.fitness": plan.fitness, "search.critical_dim": str(plan.space.critical_dim),
-                           "search.upper": str(plan.space.upper), "search.lower": str(plan.space.lower)})
-            for key, value in params.items():
-                client.log_param(run_id, key, value[:6000])
+        run_id = client.create_run(experiment, run_name=spec.name,
+                                   tags={RUN_NAME_TAG: spec.name, "endprompt.kind": "longrope-search"}).info.run_id
+        params = {f"search.{k}": json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                  for k, v in asdict(spec).items()}
+        params.update({"search.window": str(plan.window), "search.scale": str(plan.scale),
+                       "search.fitness": plan.fitness, "search.critical_dim": str(plan.space.critical_dim),
+                       "search.upper": str(plan.space.upper), "search.lower": str(plan.space.lower)})
+        client.log_batch(run_id, params=[Param(key, value[:6000]) for key, value in params.items()])
         run_dir = spec.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STATE_FILE).unlink(missing_ok=True)  # a previous search's state must not pass for this one's
         (run_dir / RUN_FILE).write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": spec.uri}))
         return cls(str(run_dir), spec.uri, run_id, spec.iterations)
 
@@ -209,7 +205,8 @@ def plot_search(run_dir: Path, evo: Evolution, references: dict) -> dict[str, Pa
 
 
 def finish(spec, plan, started: float):
-    """The outputs from the saved state (also after a resumed search), logged to the parent run, which is closed."""
+    """The outputs from the last finished generation's state (also after an interrupted or a resumed search),
+    logged to the parent run, which is closed FINISHED, or KILLED when generations remain (resume it)."""
     from mlflow.tracking import MlflowClient
 
     from .longrope_tune import SearchResult
@@ -226,9 +223,9 @@ def finish(spec, plan, started: float):
     client = MlflowClient(run["tracking_uri"])
     for path in files.values():
         client.log_artifact(run["mlflow_run_id"], str(path))
-    client.set_terminated(run["mlflow_run_id"])
+    client.set_terminated(run["mlflow_run_id"], "FINISHED" if evo.finished else "KILLED")  # KILLED: resumable
     best = evo.best()
     scored = [c for c in evo.candidates.values() if c.ppl is not None]
     return SearchResult(best.ppl, [float(f) for f in evo.space.factors(best.genome)], list(evo.curve), len(scored),
                         sum(math.isinf(c.ppl) for c in scored), files, run["mlflow_run_id"],
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, evo.finished)

@@ -78,6 +78,9 @@ class RopeSearchSpec:
         for key in ("evaluators", "num_documents", "needle_samples", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.documents is not None and "://" not in self.documents and not Path(self.documents).expanduser().exists():
+            raise ConfigError(f"documents={self.documents!r} does not exist; give a .txt/.jsonl file or a folder of "
+                              "long held-out text, or leave it unset for the demo reports")
         if self.cpus_per_evaluator <= 0 and self.gpus_per_evaluator <= 0:
             raise ConfigError("an evaluator needs cpus_per_evaluator > 0 or gpus_per_evaluator > 0")
         self.settings()  # checks the evolution settings
@@ -315,6 +318,7 @@ class SearchResult:
     files: dict
     mlflow_run_id: str
     wall_time_s: float
+    complete: bool  # False: interrupted before the last generation (python tune_spaces/search_rope.py --resume)
 
 
 def start_evaluators(spec: RopeSearchSpec, plan: Plan) -> list:
@@ -344,15 +348,18 @@ def run_search(spec: RopeSearchSpec, resume: bool = False, trial_cpus: float = 0
 
     started = time.perf_counter()
     plan = make_plan(spec)
-    connect_ray()
     storage = str(Path(spec.output_dir).expanduser().resolve() / "ray_results")
-    experiment = Path(storage) / spec.name
+    experiment = str(Path(storage) / spec.name)
+    if resume and not tune.Tuner.can_restore(experiment):
+        raise ConfigError(f"nothing to resume at {experiment}: no search named {spec.name!r} was started with "
+                          f"output_dir={spec.output_dir!r}; run without --resume")
+    connect_ray()
     write_plan(spec, plan)
     evaluators = start_evaluators(spec, plan)
     trainable = tune.with_resources(evaluate_trial, {"CPU": trial_cpus})
     try:
-        if resume and tune.Tuner.can_restore(str(experiment)):
-            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        if resume:  # the Searcher (with its reporter and MLflow run) comes back from Tune's saved state
+            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
         else:
             reporter = SearchReporter.open(spec, plan)
             searcher = LongRopeSearcher(Evolution.start(plan.space, spec.settings(), plan.seeds),

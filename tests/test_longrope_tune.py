@@ -15,7 +15,7 @@ from ray.tune.search import Searcher
 from endprompt_ray.config import ConfigError, load_config
 from endprompt_ray.longrope_search import Evolution, EvolutionSettings, FactorSpace
 from endprompt_ray.longrope_tune import (SEARCH_SEED, FactorEvaluator, LongRopeSearcher, RopeSearchSpec, load_spec,
-                                         make_plan)
+                                         make_plan, run_search)
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = FactorSpace(size=8, upper=9.0)
@@ -96,6 +96,10 @@ def test_bad_search_settings(tmp_path):
         load_spec(None, ["evaluators=0"])
     with pytest.raises(ConfigError, match="search file .* not found"):
         load_spec(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="nothing to resume at .*run without --resume"):
+        run_search(load_spec(None, ["model=tiny", "target_length=512", f"output_dir={tmp_path}"]), resume=True)
+    with pytest.raises(ConfigError, match="documents='/no/such/texts' does not exist"):
+        load_spec(None, ["documents=/no/such/texts"])
     with pytest.raises(ConfigError, match="search space: need 1 <= lower"):
         make_plan(load_spec(None, ["model=tiny", "target_length=512", "mode=longrope2", "upper=1.5"]))
 
@@ -179,6 +183,11 @@ def test_a_two_iteration_search_end_to_end(local_ray, tiny_dir, tmp_path, capsys
     assert len(children) == 3
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"best_factors.yaml", "extend_longrope.yaml", "factors.png", "best_ppl.png"} <= artifacts
+    # --resume restores Tune's experiment with the Searcher's saved state; a finished search has nothing left to run
+    assert script.main(["--space", str(spec_file), "--resume"]) == 0
+    assert yaml.safe_load((run_dir / "best_factors.yaml").read_text()) == best
+    assert json.loads((run_dir / "search_run.json").read_text())["mlflow_run_id"] == run_id
+    assert "interrupted" not in capsys.readouterr().out
 
 
 def test_the_comparison_of_scalings_without_fine_tuning(tiny_dir, tmp_path, one_thread):

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not result.complete:
+        print(f"\nsearch interrupted after generation {len(result.curve) - 1} of {spec.iterations}: the files below hold "
+              f"the best so far; continue with the same settings and --resume")
     seeds = yaml.safe_load(result.files["best_factors"].read_text())["metadata"]["seeds_ppl"]
     print(f"\nbest fitness {result.best_ppl:.4f} after {result.evaluations} evaluations ({result.failures} failed) in "
           f"{result.wall_time_s:.0f} s; seeds: " + ", ".join(f"{k} {v:.4f}" for k, v in seeds.items()))
