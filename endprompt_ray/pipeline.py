@@ -60,7 +60,10 @@ def ray_logs_dir() -> str:
     return _global_node.get_logs_dir_path() if _global_node is not None else "/tmp/ray/session_latest/logs"
 
 
-def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResult:
+def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None, train_callbacks: list | None = None,
+               probe: dict | None = None) -> ExtendResult:
+    """`train_callbacks`: more Ray Train callbacks (a sweep's report to Tune); `probe`: sweeps.probe settings.
+    The MLflow run ends FINISHED, FAILED (with the error in the `endprompt.error` tag) or KILLED (interrupted)."""
     started = time.perf_counter()
     connect_ray()
     run_dir = cfg.run_dir
@@ -71,10 +74,10 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
     preflight(cfg)
     dataset, stats = build_dataset(cfg, tokenizer)
     run_id = tracking.start_run(cfg, deepspeed_config(cfg, cfg.max_workers), tags=mlflow_tags)
-    try:
+    with tracking.run_status(run_id):
         with training_bar(cfg.train_steps, f"train {cfg.run.name}") as board:
-            trainer = make_trainer(cfg, dataset, callbacks=[tracking.MlflowTrainCallback(cfg.tracking_uri, run_id)],
-                                   progress=board)
+            callbacks = [tracking.MlflowTrainCallback(cfg.tracking_uri, run_id), *(train_callbacks or [])]
+            trainer = make_trainer(cfg, dataset, callbacks=callbacks, progress=board, probe=probe)
             result = trainer.fit()
         report = data_report(stats)
         tracking.log_data_report(report)
@@ -84,8 +87,6 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None) -> ExtendResu
         mlflow.log_metric("wall_time_s", time.perf_counter() - started)
         if cfg.tracking.log_model:  # off by default: an 8B export is 16 GB
             mlflow.log_artifacts(str(model_dir), artifact_path="model")
-    finally:
-        mlflow.end_run()
     return ExtendResult(run_name=cfg.run.name, model_dir=model_dir, mlflow_run_id=run_id,
                         tracking_uri=cfg.tracking_uri, final_metrics=final, data_report=report,
                         checkpoint_path=str(result.checkpoint.path), evaluation=evaluation,

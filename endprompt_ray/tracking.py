@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -15,6 +16,7 @@ from ray.train import UserCallback
 from .config import ExtendConfig, dump_yaml
 
 RUN_NAME_TAG = "endprompt.run_name"
+ERROR_TAG = "endprompt.error"  # why a FAILED run failed (the first lines of the error)
 TRAIN_METRICS = ("loss", "learning_rate", "tokens_per_s", "step_time_s", "checkpoint_s", "peak_memory_mb",
                  "peak_memory_delta_mb", "epoch")
 
@@ -63,6 +65,7 @@ class MlflowTrainCallback(UserCallback):
             self._client = MlflowClient(self.tracking_uri)
         step = int(metrics[0]["step"])
         values = {f"train/{k}": float(metrics[0][k]) for k in TRAIN_METRICS if k in metrics[0]}
+        values.update({k: float(v) for k, v in metrics[0].items() if k.startswith("probe/")})  # sweeps/probe.py
         now = int(time.time() * 1000)
         self._client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
@@ -70,3 +73,26 @@ class MlflowTrainCallback(UserCallback):
 def log_data_report(report: dict[str, int]) -> None:
     mlflow.log_metrics({f"data/{k}": float(v) for k, v in report.items()})
     mlflow.log_dict(report, "data_report.json")
+
+
+@contextmanager
+def run_status(run_id: str):
+    """End the active run FINISHED when the block completes, KILLED when it is interrupted (Ctrl-C, a stopped job),
+    FAILED with the error as a tag when it raises: a crashed run must not read as a finished one."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    except BaseException as err:
+        MlflowClient().set_tag(run_id, ERROR_TAG, error_text(err))
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def error_text(err: BaseException, limit: int = 4000) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    return text if len(text) <= limit else text[:limit // 4] + "\n...\n" + text[-3 * limit // 4:]

@@ -210,6 +210,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     consumed = step * t.gradient_accumulation_steps
     batches = _batches(shard, t.micro_batch_size, device, skip=consumed) if shard is not None else iter(())
     board = loop_config.get("progress") if rank == 0 else None  # progress.StepBoard, drawn by the driver
+    probe = None
+    if loop_config.get("probe"):  # a sweep's intermediate metric for early stopping (sweeps/probe.py)
+        from .sweeps.probe import PasskeyProbe
+
+        probe = PasskeyProbe.for_config(cfg, loop_config["probe"])
     metrics: dict = {"step": step}
     engine.train()
     memory_baseline = _start_peak_memory(device)  # model, engine and optimizer are built: the rest is the steps'
@@ -231,6 +236,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {"step": step, "epoch": epoch, "learning_rate": lr, **window.reduce(device),
                    "peak_memory_mb": (peak := _peak_memory_mb(device)),
                    "peak_memory_delta_mb": peak - memory_baseline}
+        if probe is not None and probe.due(step, final=step == max_steps):
+            metrics.update(probe(engine.module, device))
         if step == max_steps:
             break  # the final report below carries these metrics
         if step % t.checkpoint_every == 0:
@@ -246,11 +253,13 @@ def scaling_config(cfg: ExtendConfig) -> ScalingConfig:
                          use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker})
 
 
-def make_trainer(cfg: ExtendConfig, dataset, callbacks: list | None = None, progress=None) -> TorchTrainer:
-    """`progress`: a progress.StepBoard that rank 0 posts its step and loss to."""
+def make_trainer(cfg: ExtendConfig, dataset, callbacks: list | None = None, progress=None,
+                 probe: dict | None = None) -> TorchTrainer:
+    """`progress`: a progress.StepBoard that rank 0 posts its step and loss to. `probe`: sweeps.probe settings
+    (every, samples, depths, length), reported as probe/nll and probe/acc with the training metrics."""
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "progress": progress},
+        train_loop_config={"cfg": cfg.to_dict(), "progress": progress, "probe": probe},
         scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         datasets={"train": dataset},

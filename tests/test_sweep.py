@@ -1,53 +1,165 @@
-"""Ray Tune sweep: one trial = one fine-tune + RULER run, one MLflow run per trial."""
+"""Sweep files, spaces, paths, tracking URIs and run statuses: everything the driver decides before Tune runs."""
 
 import importlib.util
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from ray import tune
 
-from endprompt_ray.config import ConfigError
-from endprompt_ray.sweep import load_sweep
+from endprompt_ray.config import ConfigError, load_config
+from endprompt_ray.sweeps import dimensions, load_sweep
+from endprompt_ray.sweeps.paths import check_tracking_reachable, is_node_local
+from endprompt_ray.sweeps.results import Row, write_best_config
+from endprompt_ray.sweeps.search import param_space, trial_count
+from endprompt_ray.sweeps.spec import base_config
+from endprompt_ray.sweeps.trial import TrialPlan
+from endprompt_ray.tracking import ERROR_TAG, run_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("search_anchor", ROOT / "tune_spaces" / "search_anchor.py")
+def _script(name="search_anchor", path=ROOT / "tune_spaces" / "search_anchor.py"):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_bad_sweep_files(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"space": {"method.anchor_ofset": {"grid": [0, 1]}}}))
-    with pytest.raises(ConfigError, match="unknown config key method.'anchor_ofset'"):
-        load_sweep(bad)
-    bad.write_text(yaml.safe_dump({"space": {"method.anchor_offset": {"normal": [0, 1]}}}))
-    with pytest.raises(ConfigError, match="unknown distribution 'normal'"):
-        load_sweep(bad)
-    bad.write_text(yaml.safe_dump({"spaces": {}}))
-    with pytest.raises(ConfigError, match="unknown key 'spaces'"):
-        load_sweep(bad)
+def _sweep(tmp_path, **raw) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"space": {"method.anchor_offset": {"grid": [0, 1]}}, **raw}))
+    return path
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"space": {"method.anchor_ofset": {"grid": [0, 1]}}}, r"unknown config key 'method.anchor_ofset'"),
+    ({"space": {"modle.name_or_path": {"grid": ["tiny"]}}}, r"'modle.name_or_path' is not a config key"),
+    ({"space": {"method.anchor_offset": {"normal": [0, 1]}}}, r"unknown distribution 'normal'"),
+    ({"space": {"method.anchor_offset": {"grid": []}}}, r"grid needs a non-empty list"),
+    ({"space": {"train.learning_rate": {"loguniform": [1e-3, 1e-4]}}}, r"range \[0.001, 0.0001\] is empty"),
+    ({"space": {"train.learning_rate": {"loguniform": [0, 1e-3]}}}, r"loguniform needs lo > 0"),
+    ({"space": {"train.max_steps": {"qrandint": [10, 20]}}}, r"qrandint takes \[lo, hi, q\]"),
+    ({"space": {"method.anchor": {"grid": ["fixed", "sometimes"]}}}, r"value 'sometimes'.*must be one of"),
+    ({"space": {"run.output_dir": {"grid": ["a", "b"]}}}, r"run.output_dir cannot be swept"),
+    ({"space": {"anchor": {"grid": [{"anchor": "random"}]}}}, r"each option must map dotted config keys"),
+    ({"space": {"anchor": {"grid": [{"method.anchor": "random"}]}, "method.anchor": {"grid": ["fixed"]}}},
+     r"method.anchor is set by both"),
+    ({"space": {"method.physical_length": {"grid": [256, 1024]}, "method.target_length": {"grid": [512, 2048]}}},
+     r"grid point .*physical_length': 1024, 'method.target_length': 512.*must exceed"),
+    ({"space": {}}, r"space is empty"),
+    ({"spaces": {}}, r"unknown key 'spaces'"),
+    ({"metric": "accuracy"}, r"metric='accuracy'"),
+    ({"metric": "ruler/avg"}, r"needs the ruler evaluation"),
+    ({"scheduler": {"type": "asha"}}, r"needs the probe"),
+    ({"search": "bayes"}, r"search='bayes' must be one of"),
+])
+def test_bad_sweep_files_name_the_key_and_the_fix(tmp_path, raw, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(_sweep(tmp_path, **raw))
+
+
+def test_script_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     assert _script().main(["--space", str(tmp_path / "missing.yaml")]) == 2
+    assert "sweep error: sweep file" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_tiny_sweep_runs_two_trials_with_ruler(local_ray, tmp_path, capsys):
-    code = _script().main(["--set", f"run.output_dir={tmp_path}", "--set", "train.max_steps=2",
-                           "--set", "train.checkpoint_every=2"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    csv_path = tmp_path / "sweeps" / "anchor-sweep-tiny-results.csv"
-    rows = csv_path.read_text().strip().splitlines()
-    assert len(rows) == 3 and "config/method.anchor_offset" in rows[0]
-    assert (tmp_path / "sweeps" / "anchor-sweep-tiny-ruler_avg.png").stat().st_size > 0
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("endprompt-ray")
-    runs = client.search_runs([experiment.experiment_id], "tags.`endprompt.sweep` = 'anchor-sweep-tiny'")
-    assert len(runs) == 2
-    assert {r.data.params["method.anchor_offset"] for r in runs} == {"0", "1024"}
-    for run in runs:
-        assert "ruler/avg" in run.data.metrics and "train/loss" in run.data.metrics
+def test_default_space_crosses_three_dimensions_and_keeps_random_anchors_off_offsets():
+    spec = load_sweep(ROOT / "tune_spaces" / "anchor_space.yaml")
+    dims = {d.key: d for d in dimensions(spec)}
+    touched = {k for d in dims.values() for option in (d.options.values() or [{d.key: 0}]) for k in option}
+    assert {"method.anchor", "method.anchor_offset", "method.prompt_source", "rope.factor"} <= touched
+    for option in dims["anchor"].options.values():  # conditional: an offset only with the fixed anchor
+        assert ("method.anchor_offset" in option) == (option["method.anchor"] == "fixed")
+    assert trial_count(list(dims.values()), spec) == 8
+    base = base_config(spec)
+    assert (base.model.name_or_path, base.method.physical_length, base.method.target_length) == ("tiny-base", 256, 2048)
+    plan = TrialPlan(spec, list(dims.values()), base.to_dict(), str(Path.cwd()), "parent", "node")
+    cfg = plan.config({"anchor": "anchor=random", "prompt": "prompt_source=tail,tail_length=20", "rope.factor": 16})
+    assert (cfg.method.anchor, cfg.method.prompt_source, cfg.method.tail_length, cfg.rope.factor) == (
+        "random", "tail", 20, 16.0)
+    llama = load_sweep(ROOT / "tune_spaces" / "anchor_space_llama3.yaml")
+    assert all("method.anchor_offset" not in o for o in dimensions(llama)[0].options.values()
+               if o["method.anchor"] == "random")
+
+
+def test_numeric_ranges_become_tune_domains(tmp_path):
+    spec = load_sweep(_sweep(tmp_path, space={
+        "train.learning_rate": {"loguniform": [1e-5, 1e-3]},
+        "method.anchor_offset": {"qrandint": [0, 1024, 256]},
+        "rope.factor": {"quniform": [8, 16, 2]},
+        "method.anchor": {"grid": ["fixed", "random"]}}, search="random", num_samples=3))
+    space = param_space(dimensions(spec), spec.search)
+    assert isinstance(space["train.learning_rate"], tune.search.sample.Float)
+    assert isinstance(space["train.learning_rate"].sampler, tune.search.sample.LogUniform)
+    assert space["method.anchor_offset"].sampler.q == 256
+    assert isinstance(space["method.anchor"], tune.search.sample.Categorical)  # random search draws grid values
+    assert trial_count(dimensions(spec), spec) == 3
+
+
+def test_every_path_is_pinned_to_the_launch_directory(tmp_path, monkeypatch):
+    launch = tmp_path / "launch"
+    (launch / "corpus").mkdir(parents=True)
+    (launch / "corpus" / "a.txt").write_text("hello")
+    (launch / "ds.json").write_text((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
+    monkeypatch.chdir(launch)
+    spec = load_sweep(_sweep(launch, overrides=[
+        "run.output_dir=out", "run.storage_path=state", "data.paths=[corpus]", "train.deepspeed_config=ds.json",
+        "tracking.tracking_uri=sqlite:///out/mlflow.db"]))
+    base = base_config(spec)
+    plan = TrialPlan(spec, dimensions(spec), base.to_dict(), str(launch), "parent", "node")
+    monkeypatch.chdir(tmp_path)  # a trial runs somewhere else (Tune's trial directory)
+    cfg = plan.config({"method.anchor_offset": 1}, "t1")
+    assert cfg.run.output_dir == str(launch / "out") and cfg.storage_path == str(launch / "state")
+    assert cfg.data.paths == [str(launch / "corpus")]
+    assert cfg.train.deepspeed_config == str(launch / "ds.json")
+    assert cfg.tracking_uri == f"sqlite:///{launch / 'out' / 'mlflow.db'}"
+    assert cfg.run.name == "anchor-sweep-t1"
+
+
+def test_node_local_tracking_uris():
+    for uri in ("http://127.0.0.1:5000", "http://localhost:5000", "http://[::1]:5000", "sqlite:////x/mlflow.db",
+                "file:///x/mlruns", "http://0.0.0.0:5000"):
+        assert is_node_local(uri), uri
+    for uri in ("http://10.0.1.23:5000", "https://mlflow.example.com", "databricks"):
+        assert not is_node_local(uri), uri
+
+
+def test_loopback_tracking_fails_fast_when_trials_cannot_run_beside_the_driver(local_ray):
+    check_tracking_reachable("http://127.0.0.1:5000", {"CPU": 0.5})  # one node that holds a trial: fine
+    check_tracking_reachable("http://10.0.1.23:5000", {"GPU": 8})  # a shared server: fine anywhere
+    with pytest.raises(ConfigError, match=r"127.0.0.1:5000 is a loopback address.*http://<head private IP>:5000"):
+        check_tracking_reachable("http://127.0.0.1:5000", {"CPU": 0.5, "GPU": 8})
+
+
+def test_run_status_marks_failed_killed_and_finished(mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+    statuses = {}
+    for name, error in (("ok", None), ("crash", ValueError("bad batch")), ("stop", KeyboardInterrupt())):
+        run_id = mlflow.start_run(run_name=name).info.run_id
+        try:
+            with run_status(run_id):
+                if error is not None:
+                    raise error
+        except (ValueError, KeyboardInterrupt):
+            pass
+        statuses[name] = client.get_run(run_id)
+    assert {k: r.info.status for k, r in statuses.items()} == {"ok": "FINISHED", "crash": "FAILED", "stop": "KILLED"}
+    assert statuses["crash"].data.tags[ERROR_TAG] == "ValueError: bad batch"
+
+
+def test_best_config_runs_unchanged_through_extend(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(ROOT / "tune_spaces" / "anchor_space.yaml")
+    base = base_config(spec)
+    plan = TrialPlan(spec, dimensions(spec), base.to_dict(), str(tmp_path), "parent", "node")
+    params = {"anchor": "anchor=fixed,anchor_offset=0", "prompt": "prompt_source=template", "rope.factor": 16}
+    path = write_best_config(Row("t3", params, {spec.metric: 55.0}, "done"), plan, tmp_path / "best.yaml")
+    extend = _script("extend", ROOT / "pipelines" / "extend.py")
+    assert extend.main(["--config", str(path), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = plan.config(params).to_dict()
+    expected["run"]["name"] = "anchor-sweep-best"  # a new run, not a resume of the trial's checkpoint
+    assert printed == expected == load_config(path).to_dict()

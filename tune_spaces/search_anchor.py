@@ -1,12 +1,16 @@
-"""Ray Tune sweep over EndPrompt's anchor offset/mode, terminal-prompt length and interpolation scale.
+"""Ray Tune sweep over EndPrompt's anchor (mode and offset), terminal prompt (source and length) and RoPE scale.
 
-Each trial fine-tunes and evaluates RULER through the same pipeline as pipelines/extend.py and logs one MLflow run.
-Standalone it starts a local Ray; under `ray job submit` it attaches to the cluster.
+Each trial fine-tunes and evaluates through the same pipeline as pipelines/extend.py, as a nested MLflow run under
+one parent run per sweep; the parent holds the table, a plot per swept dimension and the best config, which
+`python pipelines/extend.py --config <sweep dir>/best_config.yaml` runs unchanged. Running the same command again
+continues an interrupted sweep (finished trials are kept). Standalone it starts a local Ray; under
+`ray job submit` it attaches to the cluster (see cluster/README.md for the MLflow address trials need there).
 
 examples:
-  python tune_spaces/search_anchor.py                                   # tiny CPU sweep, 2 trials
+  python tune_spaces/search_anchor.py                                    # the CPU default on the toy base
   python tune_spaces/search_anchor.py --space tune_spaces/anchor_space_llama3.yaml
-  python tune_spaces/search_anchor.py --set train.max_steps=2           # extra fixed override for every trial
+  python tune_spaces/search_anchor.py --search optuna --num-samples 12   # TPE (pip install optuna)
+  python tune_spaces/search_anchor.py --set train.max_steps=200 --name quick   # fixed override, new sweep name
 """
 
 from __future__ import annotations
@@ -15,32 +19,60 @@ import argparse
 import sys
 from pathlib import Path
 
-from endprompt_ray.config import ConfigError, load_config
-from endprompt_ray.pipeline import connect_ray, quiet_logs
-from endprompt_ray.sweep import load_sweep, run_sweep, summarise
+
+from endprompt_ray.config import ConfigError
+from endprompt_ray.pipeline import quiet_logs, ray_logs_dir
+from endprompt_ray.sweeps import load_sweep, run_sweep
+from endprompt_ray.sweeps.spec import SCHEDULERS, SEARCHES
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "anchor_space.yaml"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default=str(DEFAULT_SPACE), help="sweep YAML (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="fixed config override applied to every trial (repeatable)")
-    args = parser.parse_args(argv)
+                        help="fixed config override for every trial, e.g. --set train.max_steps=200 (repeatable)")
+    parser.add_argument("--name", help="sweep name (default: the file's); the same name continues that sweep")
+    parser.add_argument("--search", choices=SEARCHES, help="override the file's search algorithm")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, help="override the file's scheduler (none: no early stop)")
+    parser.add_argument("--num-samples", type=int, help="grid: repeats of the grid; other searches: trials")
+    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster holds)")
+    parser.add_argument("--retry-failed", action="store_true", help="when continuing, run failed trials again")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        spec = load_sweep(args.space, args.overrides)
+        spec = load_sweep(args.space, args.overrides, name=args.name, search=args.search,
+                          scheduler_type=args.scheduler, num_samples=args.num_samples,
+                          max_concurrent_trials=args.max_concurrent)
     except ConfigError as err:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
     quiet_logs()
-    connect_ray()
-    base = load_config(spec.base_config, spec.overrides)
-    results = run_sweep(spec, base.storage_path)
-    table, csv_path = summarise(spec, results, Path(base.run.output_dir) / "sweeps")
-    print(f"\nsweep '{spec.name}': {len(results)} trials, best first by {spec.metric} ({spec.mode})\n{table}")
-    print(f"\nresults: {csv_path} (plot beside it)\nMLflow: {base.tracking_uri} (one run per trial, tag endprompt.sweep={spec.name})")
-    return 1 if results.errors else 0
+    print(f"sweep '{spec.name}': {spec.search} search, metric {spec.metric} ({spec.mode}), "
+          f"scheduler {spec.scheduler.type}; space: {', '.join(map(str, spec.space))}", flush=True)
+    try:
+        outcome = run_sweep(spec, retry_failed=args.retry_failed)
+    except ConfigError as err:
+        print(f"sweep error: {err}", file=sys.stderr)
+        return 2
+    done = sum(r.status == "done" for r in outcome.rows)
+    print(f"\nsweep '{spec.name}'{' (continued)' if outcome.continued else ''}: {len(outcome.rows)} trials, "
+          f"{done} finished, {len(outcome.failed)} failed, up to {outcome.concurrent} at once; "
+          f"best first by {spec.metric} ({spec.mode})\n\n{outcome.table}\n")
+    for name, path in outcome.files.items():
+        print(f"  {name}: {path}")
+    if "best_config" in outcome.files:
+        print(f"  run the best config: python pipelines/extend.py --config {outcome.files['best_config']}")
+    print(f"  MLflow: parent run {outcome.parent_run_id} (one child run per trial) at {outcome.tracking_uri}")
+    if outcome.tracking_uri.startswith("sqlite:"):
+        print(f"  open the UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    print(f"  Tune experiment (continue with the same command): {outcome.experiment_path}; "
+          f"Ray logs: {ray_logs_dir()}")
+    return 1 if outcome.failed else 0
 
 
 if __name__ == "__main__":
