@@ -110,3 +110,9 @@ def test_errors():
         scaled_config(llama(), 65536, RopeScaling(factor=0.5))
     with pytest.raises(RopeError, match="below target_length / window = 8"):
         scaled_config(llama(), 65536, RopeScaling(type="dynamic", factor=4.0))
+
+
+def test_every_rope_type_has_one_builder():
+    from endprompt_ray.rope import BUILDERS, ROPE_TYPES
+
+    assert set(BUILDERS) == set(ROPE_TYPES) - {"none"}  # "none" keeps the config as it is
