@@ -172,6 +172,7 @@ class Evolution:
     pending: list = field(default_factory=list)  # genomes handed out, no result yet
     generation: int = 0
     curve: list = field(default_factory=list)  # best ppl so far after each finished generation
+    exhausted: bool = False  # a generation bred nothing new: the space around the parents is used up
     rng: np.random.Generator = None
 
     @classmethod
@@ -198,12 +199,14 @@ class Evolution:
 
     @property
     def finished(self) -> bool:
-        return self.generation >= self.settings.iterations and not self.queue and not self.pending
+        done = self.generation >= self.settings.iterations or self.exhausted
+        return done and not self.queue and not self.pending
 
     def ask(self) -> Candidate | str | None:
         """The next candidate to evaluate; None: wait for results; FINISHED: the search is over."""
         if not self.queue and not self.pending and not self.finished:
             self._breed()
+            self.exhausted = not self.queue
         if self.queue:
             genome = self.queue.pop(0)
             self.pending.append(genome)
@@ -257,7 +260,7 @@ class Evolution:
         return {"space": asdict(self.space), "settings": asdict(self.settings), "generation": self.generation,
                 "candidates": [[list(c.genome), c.generation, c.origin, c.ppl] for c in self.candidates.values()],
                 "population": [list(g) for g in self.population], "queue": [list(g) for g in self.queue],
-                "pending": [list(g) for g in self.pending], "curve": list(self.curve),
+                "pending": [list(g) for g in self.pending], "curve": list(self.curve), "exhausted": self.exhausted,
                 "rng": self.rng.bit_generator.state}
 
     @classmethod
@@ -265,7 +268,7 @@ class Evolution:
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
         evo = cls(FactorSpace(**state["space"]), EvolutionSettings(**state["settings"]), rng=rng,
-                  generation=state["generation"], curve=list(state["curve"]))
+                  generation=state["generation"], curve=list(state["curve"]), exhausted=state["exhausted"])
         for genome, generation, origin, ppl in state["candidates"]:
             evo.candidates[tuple(genome)] = Candidate(tuple(genome), generation, origin, ppl)
         for name in ("population", "queue", "pending"):

@@ -239,7 +239,8 @@ class FactorEvaluator:
                     nll = token_nll(self.model, torch.from_numpy(ids).to(device))
                     nll = nll[:, -scored:] if scored else nll  # needles: the answer's tokens only
                     total, count = total + float(nll.double().sum()), count + nll.numel()
-            ppl = math.exp(total / count)
+            nll = total / count
+            ppl = math.exp(nll) if nll < 700 else math.inf  # NaN fails the test too
             return {"ppl": ppl if math.isfinite(ppl) else math.inf, "seconds": time.perf_counter() - started}
         except Exception as err:  # a failed candidate is scored, not fatal: Tune goes on with the search
             return {"ppl": math.inf, "seconds": time.perf_counter() - started,

@@ -80,9 +80,13 @@ def test_mutation_redraws_a_factor_only_between_its_neighbours():
     assert len(children) > 50  # draws spread over the grid
 
 
-def test_mutation_of_an_exhausted_space_gives_none():
+def test_mutation_of_an_exhausted_space_gives_none_and_the_search_ends():
     space = FactorSpace(size=1, upper=1.01)  # two candidates: 1.00 and 1.01
     assert mutate(space, (100,), np.random.default_rng(0), {(100,), (101,)}, attempts=50) is None
+    evo = Evolution.start(space, EvolutionSettings(population=2, iterations=5, mutations=2, crossovers=0, parents=1),
+                          {"one": [1.0]})
+    run(evo, space)
+    assert evo.finished and evo.exhausted and len(evo.candidates) == 2 and len(evo.curve) == 1
 
 
 def test_crossover_takes_each_factor_from_a_parent_and_never_repeats():
