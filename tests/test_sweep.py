@@ -163,3 +163,58 @@ def test_best_config_runs_unchanged_through_extend(tmp_path, monkeypatch, capsys
     expected = plan.config(params).to_dict()
     expected["run"]["name"] = "anchor-sweep-best"  # a new run, not a resume of the trial's checkpoint
     assert printed == expected == load_config(path).to_dict()
+
+
+@pytest.mark.parametrize("search", ["optuna", "hyperopt"])
+def test_model_based_search_sees_only_final_results(tmp_path, search):
+    pytest.importorskip(search)
+    from endprompt_ray.sweeps.search import FinalResultsOnly, search_algorithm
+
+    spec = load_sweep(_sweep(tmp_path, search=search, num_samples=4, space={
+        "anchor": {"grid": [{"method.anchor": "random"}, {"method.anchor": "fixed", "method.anchor_offset": 0}]},
+        "train.learning_rate": {"loguniform": [1e-5, 1e-3]}}))
+    searcher = search_algorithm(spec)
+    assert isinstance(searcher, FinalResultsOnly)
+    searcher.set_search_properties(None, None, param_space(dimensions(spec), spec.search))
+    config = searcher.suggest("t1")
+    assert config["anchor"] in ("anchor=random", "anchor=fixed,anchor_offset=0")
+    assert 1e-5 <= config["train.learning_rate"] <= 1e-3
+    searcher.on_trial_result("t1", {"step": 10, "probe/nll": 3.0, "training_iteration": 1})  # no sweep metric: kept out
+    searcher.on_trial_complete("t1", {spec.metric: 40.0, "training_iteration": 2})
+    assert searcher.suggest("t2")["anchor"] in ("anchor=random", "anchor=fixed,anchor_offset=0")
+    if search == "optuna":
+        trials = searcher.searcher._ot_study.trials
+        assert trials[0].value == 40.0 and trials[0].intermediate_values == {}
+
+
+def test_missing_searcher_package_is_one_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from endprompt_ray.sweeps.search import search_algorithm
+
+    for name in ("hyperopt", "ray.tune.search.hyperopt"):  # as if not installed (also if imported before)
+        monkeypatch.setitem(sys.modules, name, None)
+    spec = load_sweep(_sweep(tmp_path, search="hyperopt"))
+    with pytest.raises(ConfigError, match=r"search=hyperopt needs the hyperopt package: pip install hyperopt"):
+        search_algorithm(spec)
+
+
+def test_probe_scores_the_key_tokens_of_held_out_passkeys(tiny_tokenizer, one_thread):
+    import torch
+
+    from endprompt_ray.modeling import load_model
+    from endprompt_ray.sweeps.probe import PasskeyProbe
+
+    probe = PasskeyProbe(tiny_tokenizer, length=512, depths=[0.0, 1.0], samples=2, seed=1, every=50)
+    assert len(probe.items) == 4 and all(0 < n <= 8 and len(ids) <= 512 for ids, n in probe.items)
+    assert [probe.due(s, final=False) for s in (10, 40, 50, 60, 100)] == [False, False, True, False, True]
+    model = load_model("tiny", tiny=load_config(None, ["model.name_or_path=tiny"]).model.tiny).train()
+    scores = probe(model, torch.device("cpu"))
+    assert model.training  # handed back as it came
+    with torch.no_grad():  # reference: full logits, cross-entropy over each sample's key tokens
+        model.eval()
+        total = sum(torch.nn.functional.cross_entropy(model(torch.tensor([ids])).logits[0, -n - 1:-1],
+                                                      torch.tensor(ids[-n:]), reduction="sum").item()
+                    for ids, n in probe.items)
+    assert scores["probe/nll"] == pytest.approx(total / sum(n for _, n in probe.items), rel=1e-4)
+    assert scores["probe/acc"] == 0.0  # a random model knows no key

@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  open the UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
     print(f"  Tune experiment (continue with the same command): {outcome.experiment_path}; "
           f"Ray logs: {ray_logs_dir()}")
+    if outcome.interrupted:
+        print(f"\ninterrupted: run the same command again to continue sweep '{spec.name}' "
+              "(finished trials are kept, unfinished ones resume from their checkpoints)")
+        return 130
     return 1 if outcome.failed else 0
 
 

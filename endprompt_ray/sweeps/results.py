@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +31,17 @@ class Row:
         return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else None
 
 
-def collect(results, plan: TrialPlan) -> list[Row]:
-    """One row per trial of a Tune ResultGrid, best first by the sweep's metric (trials without it last)."""
+def collect(results, plan: TrialPlan, unfinished: set | None = None) -> list[Row]:
+    """One row per trial of a Tune ResultGrid, best first by the sweep's metric (trials without it last).
+    `unfinished`: trials an interrupted sweep will continue."""
     rows = []
     for result in results:
         metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id") or Path(result.path).name
-        if result.error:
+        named = re.search(r"_([0-9a-f]+_\d{5})_", Path(result.path).name)  # a trial that never reported
+        trial_id = metrics.get("trial_id") or (named.group(1) if named else Path(result.path).name)
+        if trial_id in (unfinished or ()):
+            status, error = f"interrupted at step {int(metrics.get('step', 0))}", ""
+        elif result.error:
             status, error = "FAILED", _error_line(result.error)
         elif metrics.get(FINAL):
             status, error = "done", ""
@@ -60,7 +65,10 @@ def _error_line(error: BaseException) -> str:
 
 def table(rows: list[Row], plan: TrialPlan) -> tuple[list[str], list[list[str]]]:
     metric = plan.spec.metric
-    shown = [m for m in SHOWN if m != metric and any(m in r.metrics for r in rows)]
+    by_length = sorted({k for r in rows for k in r.metrics if re.fullmatch(r"passkey/acc/\d+", k)},
+                       key=lambda k: int(k.rsplit("/", 1)[1]))
+    same = {k for k in by_length if all(r.metrics.get(k) == r.metrics.get(metric) for r in rows)}  # a synonym
+    shown = [m for m in by_length + list(SHOWN) if m != metric and m not in same and any(m in r.metrics for r in rows)]
     header = ["rank", "trial"] + [d.key for d in plan.dims] + [metric] + shown + ["status"]
     body = []
     for i, r in enumerate(rows, 1):
@@ -149,9 +157,10 @@ def plot_dimensions(rows: list[Row], plan: TrialPlan, path: Path) -> Path | None
             ax.set_xlim(-0.5, len(levels) - 0.5)
         ax.set_xlabel(dim.key, fontsize=8)
         ax.set_ylabel(metric, fontsize=8)
-    axes[0][0].legend(fontsize=7) if any(d.kind in ("grid", "choice") for d in plan.dims) else None
-    fig.suptitle(f"{plan.spec.name}: {metric} by swept value ({plan.spec.mode} is better, {len(scored)} trials)",
-                 fontsize=9)
+    if any(d.kind in ("grid", "choice") for d in plan.dims):
+        axes[0][0].legend(fontsize=7, loc="best")
+    trials = f"{len(scored)} finished trial{'s' if len(scored) != 1 else ''}"
+    fig.suptitle(f"{plan.spec.name}: {metric} by swept value ({plan.spec.mode} is better, {trials})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

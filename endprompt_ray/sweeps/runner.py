@@ -34,6 +34,8 @@ class SweepOutcome:
     continued: bool
     concurrent: int
 
+    interrupted: bool = False
+
     @property
     def failed(self) -> list:
         return [r for r in self.rows if r.status == "FAILED"]
@@ -82,7 +84,8 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, echo: bool = True) ->
               "sweep.probe": json.dumps(asdict(spec.probe) if spec.probe else None),
               "sweep.base_config": spec.base_config, "sweep.overrides": json.dumps(spec.overrides),
               **{f"space.{d.key}": json.dumps({d.kind: d.values}) for d in dims}}
-    parent_id, continued = runs.open_parent(base, spec.name, params)
+    continued = tune.Tuner.can_restore(experiment_path)
+    parent_id = runs.open_parent(base, spec.name, params, continuing=continued)
     plan = TrialPlan(spec=spec, dims=dims, base=base.to_dict(), launch_dir=str(Path.cwd()),
                      parent_run_id=parent_id, driver_node=ray.get_runtime_context().get_node_id())
     # The function asks only for its own small share; its TorchTrainer reserves the workers through a placement
@@ -96,10 +99,9 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, echo: bool = True) ->
     labels = {d.key: "" if d.is_group else d.key.rsplit(".", 1)[-1] for d in dims}
     watcher = runs.TrialRuns(base.tracking_uri, base.tracking.experiment, parent_id, spec.name, labels, spec.metric,
                              trial_count(dims, spec), echo=echo)
-    if tune.Tuner.can_restore(experiment_path):
+    if continued:
         tuner = tune.Tuner.restore(experiment_path, trainable, param_space=space, resume_unfinished=True,
                                    resume_errored=False, restart_errored=retry_failed)
-        continued = True
     else:
         tuner = tune.Tuner(
             trainable, param_space=space,
@@ -109,7 +111,7 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, echo: bool = True) ->
                                       verbose=0, failure_config=tune.FailureConfig(max_failures=0)))
     status = "FAILED"
     try:
-        grid = tuner.fit()
+        grid = tuner.fit()  # Ctrl-C: Tune stops the trials, saves the experiment and returns
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -118,13 +120,21 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, echo: bool = True) ->
         runs.close_unfinished(base.tracking_uri, base.tracking.experiment, parent_id)
         if status != "FINISHED":
             runs.log_parent(base.tracking_uri, parent_id, [], None, status)
-    rows = results_mod.collect(grid, plan)
+    unfinished = _unfinished(experiment_path, trial_count(dims, spec))
+    rows = results_mod.collect(grid, plan, unfinished)
     files = results_mod.write(rows, plan, sweep_dir)
     best = results_mod.best_row(rows, plan)
     runs.log_parent(base.tracking_uri, parent_id, list(files.values()),
                     {"trial_id": best.trial_id, "params": best.params,
                      "metrics": {k: v for k, v in best.metrics.items() if "/" in k or k == "loss"}} if best else None,
-                    "FINISHED")
+                    "KILLED" if unfinished is not None else "FINISHED")
     return SweepOutcome(rows=rows, table=files["table"].read_text().rstrip(), files=files, parent_run_id=parent_id,
                         tracking_uri=base.tracking_uri, experiment_path=experiment_path, continued=continued,
-                        concurrent=concurrent)
+                        concurrent=concurrent, interrupted=unfinished is not None)
+
+
+def _unfinished(experiment_path: str, expected: int) -> set | None:
+    """The trials an interrupted sweep will continue (as Tune saved it); None when the sweep is complete."""
+    trials = tune.ExperimentAnalysis(experiment_path).trials
+    open_ids = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+    return open_ids if open_ids or len(trials) < expected else None

@@ -23,20 +23,20 @@ from .trial import FINAL, SWEEP_TAG, TRIAL_TAG
 ROLE_TAG = "endprompt.sweep_role"
 
 
-def open_parent(cfg: ExtendConfig, sweep_name: str, params: dict) -> tuple[str, bool]:
-    """(run id, continued): the sweep's parent run, reopened when a sweep of this name exists."""
+def open_parent(cfg: ExtendConfig, sweep_name: str, params: dict, continuing: bool) -> str:
+    """The sweep's parent run: the latest of this sweep name when continuing it, else a new one."""
     client = MlflowClient(cfg.tracking_uri)
     experiment = experiment_id(client, cfg.tracking.experiment)
     found = client.search_runs([experiment], f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{ROLE_TAG}` = 'parent'",
-                               max_results=1, order_by=["attributes.start_time DESC"])
+                               max_results=1, order_by=["attributes.start_time DESC"]) if continuing else []
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id, True
+        return found[0].info.run_id
     run = client.create_run(experiment, run_name=sweep_name, tags={SWEEP_TAG: sweep_name, ROLE_TAG: "parent"})
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 90):  # MLflow caps params per batch call
         client.log_batch(run.info.run_id, params=items[i:i + 90])
-    return run.info.run_id, False
+    return run.info.run_id
 
 
 def child_runs(tracking_uri: str, experiment: str, parent_id: str) -> dict[str, object]:

@@ -78,9 +78,10 @@ def scheduler(spec: SweepSpec, max_steps: int):
     if s.grace_period >= max_steps:
         raise ConfigError(f"scheduler.grace_period={s.grace_period} must be below train.max_steps={max_steps}, "
                           "else no trial can be stopped early")
-    return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=max_steps,
-                         grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-                         stop_last_trials=False)  # a trial reaching max_t still runs its evaluation
+    # ASHA also judges at a rung on max_t itself; max_t one step short of the end keeps every rung before the
+    # last step, so a trial that trains to the end is always evaluated.
+    return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=max_steps - 1,
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor, stop_last_trials=False)
 
 
 def trial_resources(spec: SweepSpec, cfg: ExtendConfig) -> dict:
