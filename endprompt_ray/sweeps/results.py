@@ -31,9 +31,9 @@ class Row:
         return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else None
 
 
-def collect(results, plan: TrialPlan, unfinished: set | None = None) -> list[Row]:
+def collect(results, plan: TrialPlan, unfinished: set | None = None, configs: dict | None = None) -> list[Row]:
     """One row per trial of a Tune ResultGrid, best first by the sweep's metric (trials without it last).
-    `unfinished`: trials an interrupted sweep will continue."""
+    `unfinished`: trials an interrupted sweep will continue; `configs`: sampled values of trials never reported."""
     rows = []
     for result in results:
         metrics = dict(result.metrics or {})
@@ -49,7 +49,8 @@ def collect(results, plan: TrialPlan, unfinished: set | None = None) -> list[Row
                 status, error = "FAILED", f"the trial reported no {plan.spec.metric} (is that suite and length evaluated?)"
         else:
             status, error = f"stopped at step {int(metrics.get('step', 0))}", ""
-        rows.append(Row(str(trial_id), dict(result.config or {}), metrics, status, error))
+        rows.append(Row(str(trial_id), dict(result.config or (configs or {}).get(trial_id) or {}), metrics, status,
+                        error))
     sign = -1.0 if plan.spec.mode == "max" else 1.0
     rows.sort(key=lambda r: (r.value(plan.spec.metric) is None, sign * (r.value(plan.spec.metric) or 0.0),
                              r.trial_id))

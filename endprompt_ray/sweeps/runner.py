@@ -8,6 +8,7 @@ trial's run name is its trial id), and reopens the same MLflow parent run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,8 +121,8 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, echo: bool = True) ->
         runs.close_unfinished(base.tracking_uri, base.tracking.experiment, parent_id)
         if status != "FINISHED":
             runs.log_parent(base.tracking_uri, parent_id, [], None, status)
-    unfinished = _unfinished(experiment_path, trial_count(dims, spec))
-    rows = results_mod.collect(grid, plan, unfinished)
+    unfinished, configs = _saved_trials(experiment_path, trial_count(dims, spec))
+    rows = results_mod.collect(grid, plan, unfinished, configs)
     files = results_mod.write(rows, plan, sweep_dir)
     best = results_mod.best_row(rows, plan)
     runs.log_parent(base.tracking_uri, parent_id, list(files.values()),
@@ -133,8 +134,11 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, echo: bool = True) ->
                         concurrent=concurrent, interrupted=unfinished is not None)
 
 
-def _unfinished(experiment_path: str, expected: int) -> set | None:
-    """The trials an interrupted sweep will continue (as Tune saved it); None when the sweep is complete."""
+def _saved_trials(experiment_path: str, expected: int) -> tuple[set | None, dict]:
+    """(the trials an interrupted sweep will continue, None when it is complete; every trial's sampled values),
+    as Tune saved the experiment: what a continued sweep starts from."""
+    # it warns about each trial that never reported; the table lists those as interrupted
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     trials = tune.ExperimentAnalysis(experiment_path).trials
     open_ids = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
-    return open_ids if open_ids or len(trials) < expected else None
+    return (open_ids if open_ids or len(trials) < expected else None), {t.trial_id: t.config for t in trials}

@@ -58,7 +58,6 @@ class TrialRuns(Callback):
                  metric: str, total: int | None, echo: bool = True) -> None:
         self.tracking_uri, self.experiment, self.parent_id = tracking_uri, experiment, parent_id
         self.sweep_name, self.labels, self.metric, self.total, self.echo = sweep_name, labels, metric, total, echo
-        self.finished = 0
         self.reap = Reaper()
 
     def on_step_end(self, iteration, trials, **info):
@@ -82,9 +81,8 @@ class TrialRuns(Callback):
                       f"train loss {result.get('loss', float('nan')):.3f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished += 1
         result = trial.last_result or {}
-        of = f"{self.finished}/{self.total}" if self.total else str(self.finished)
+        of = _progress(trials, trial, self.total)
         if result.get(FINAL):
             value = result.get(self.metric)
             shown = f"{value:.4g}" if isinstance(value, (int, float)) else "missing"
@@ -96,9 +94,8 @@ class TrialRuns(Callback):
         self._mark(trial, "KILLED", f"stopped by the scheduler at step {step}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.finished += 1
         message = _first_line(trial)
-        self._say(f"trial {trial.trial_id} FAILED: {message}")
+        self._say(f"trial {trial.trial_id} FAILED ({_progress(trials, trial, self.total)}): {message}")
         self.reap.arm()
         self._mark(trial, "FAILED", message)
 
@@ -117,6 +114,12 @@ class TrialRuns(Callback):
         client.log_batch(run.info.run_id, tags=[RunTag(ERROR_TAG if status == "FAILED" else "endprompt.stopped",
                                                        why[:4000])])
         client.set_terminated(run.info.run_id, status)
+
+
+def _progress(trials, ending, total: int | None) -> str:
+    """'3/8': trials ended so far, counting those of an earlier run of a continued sweep."""
+    done = sum(t is ending or t.status in ("TERMINATED", "ERROR") for t in trials)
+    return f"{done}/{total}" if total else str(done)
 
 
 def _first_line(trial) -> str:
