@@ -32,6 +32,7 @@ class RunConfig:
     output_dir: str = "outputs"
     storage_path: str | None = None  # Ray Train storage: local dir or s3://...; default <output_dir>/ray_results
     seed: int = 0
+    force_resume: bool = False  # continue a checkpoint whose defining settings differ (resume.py lists them)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class DataConfig:
     tokenizer_actors: int = 1
     batch_size: int = 64  # documents per tokenise/anchor batch
     cpus_per_task: float = 0.25  # Ray Data read/tokenise/anchor tasks; small so CPU training workers leave room
+    shuffle: bool = True  # every epoch in its own seeded order (run.seed); false: corpus order (stream.py)
 
 
 @dataclass

@@ -321,8 +321,8 @@ def _block_index(block: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 def build_stream(cfg: ExtendConfig, tokenizer, shuffle: bool | None = None) -> tuple[SampleSource, DataSummary]:
     """Read and tokenise the corpus once (materialised in Ray's object store) and plan the training stream:
     (the SampleSource that training workers draw their micro-batches from, the data summary).
-    `shuffle` (default: data.shuffle, else on) orders every epoch's samples by a permutation keyed by run.seed."""
-    shuffle = getattr(cfg.data, "shuffle", True) if shuffle is None else shuffle
+    `shuffle` (default: data.shuffle) orders every epoch's samples by a permutation keyed by run.seed."""
+    shuffle = cfg.data.shuffle if shuffle is None else shuffle
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows in corpus order (see top)
     spec = anchor_spec(cfg, tokenizer)
     stats = DataStats.remote()

@@ -13,13 +13,14 @@ import ray
 
 from . import tracking
 from .config import ConfigError, ExtendConfig, dump_yaml
-from .data import build_dataset, data_report
+from .data import build_stream, data_report
 from .deps import check_runtime
 from .evaluation import EvalReport, evaluate_after_training, format_comparison, ruler_settings
 from .export import export_from_checkpoint
 from .forward import uses_flash_path
 from .modeling import load_config, load_tokenizer
 from .progress import training_bar
+from .resume import check_resume, latest_progress, run_identity
 from .rope import scaled_config
 from .train import deepspeed_config, make_trainer
 
@@ -68,16 +69,24 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None, train_callbac
     connect_ray()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tiny)
     preflight(cfg)
-    dataset, stats = build_dataset(cfg, tokenizer)
-    run_id = tracking.start_run(cfg, deepspeed_config(cfg, cfg.max_workers), tags=mlflow_tags)
+    source, stats = build_stream(cfg, tokenizer)
+    identity = run_identity(cfg, source.fingerprint, f"{type(tokenizer).__name__}, vocab {len(tokenizer)}")
+    previous = latest_progress(cfg.storage_path, cfg.run.name)
+    if previous is not None:
+        check_resume(previous, identity, cfg)
+        log.info("resuming run %s at step %d (%d samples trained)", cfg.run.name, previous.step, previous.samples)
+    # the first start's config stays; a resume keeps the one it ran with beside it
+    config_file = "config.yaml" if previous is None else f"config-resume-step{previous.step}.yaml"
+    (run_dir / config_file).write_text(dump_yaml(cfg))
+    run_id = tracking.start_run(cfg, deepspeed_config(cfg, cfg.max_workers), tags=mlflow_tags,
+                                resumed_at=previous.step if previous else None)
     with tracking.run_status(run_id):
-        with training_bar(cfg.train_steps, f"train {cfg.run.name}") as board:
+        with training_bar(cfg.train_steps, f"train {cfg.run.name}", start=previous.step if previous else 0) as board:
             callbacks = [tracking.MlflowTrainCallback(cfg.tracking_uri, run_id), *(train_callbacks or [])]
-            trainer = make_trainer(cfg, dataset, callbacks=callbacks, progress=board, probe=probe)
+            trainer = make_trainer(cfg, source, identity, callbacks=callbacks, progress=board, probe=probe)
             result = trainer.fit()
         report = data_report(stats)
         tracking.log_data_report(report)

@@ -14,8 +14,8 @@ import ray
 
 @ray.remote(num_cpus=0)
 class StepBoard:
-    def __init__(self) -> None:
-        self.step, self.loss = 0, None
+    def __init__(self, step: int = 0) -> None:
+        self.step, self.loss = step, None
 
     def post(self, step: int, loss: float | None) -> None:
         self.step, self.loss = step, loss
@@ -25,15 +25,15 @@ class StepBoard:
 
 
 @contextmanager
-def training_bar(total: int, desc: str, interval_s: float = 0.5):
-    """Yields the board for the workers; draws a tqdm bar until the block ends."""
+def training_bar(total: int, desc: str, interval_s: float = 0.5, start: int = 0):
+    """Yields the board for the workers; draws a tqdm bar until the block ends. `start`: a resumed run's step."""
     from tqdm.auto import tqdm
 
-    board = StepBoard.remote()
+    board = StepBoard.remote(start)
     done = threading.Event()
 
     def draw() -> None:
-        with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True) as bar:
+        with tqdm(total=total, desc=desc, unit="step", initial=start, dynamic_ncols=True) as bar:
             finished = False
             while not finished:
                 finished = done.wait(interval_s)

@@ -28,8 +28,13 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dict | None = None) -> str:
-    """Open (or reopen, for a resumed run name) the MLflow run and log params and config artifacts."""
+def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dict | None = None,
+              resumed_at: int | None = None) -> str:
+    """Open (or reopen, for a resumed run name) the MLflow run and log params and config artifacts.
+
+    `resumed_at`: the step a resumed run continues from. MLflow params are write-once, so the first start's params
+    stay; a resume adds params that are new, a `changed.<param>` tag ("old -> new") for each changed one, the
+    config it resumed with as config/config-resume-step<N>.yaml and a `resume/step` metric: one point per resume."""
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient()
     experiment = experiment_id(client, cfg.tracking.experiment)
@@ -38,15 +43,22 @@ def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dic
     run = mlflow.start_run(run_id=existing[0].info.run_id if existing else None, experiment_id=experiment,
                            run_name=None if existing else cfg.run.name,
                            tags={RUN_NAME_TAG: cfg.run.name, **(tags or {})})
-    if not existing:
-        params = cfg.flat_params()
-        for i in range(0, len(params), 90):  # MLflow caps params per batch call
-            mlflow.log_params(dict(list(params.items())[i:i + 90]))
+    logged = existing[0].data.params if existing else {}
+    params = {k: v[:6000] for k, v in cfg.flat_params().items()}  # MLflow's limit on a param value
+    new = {k: v for k, v in params.items() if k not in logged}
+    for i in range(0, len(new), 90):  # MLflow caps params per batch call
+        mlflow.log_params(dict(list(new.items())[i:i + 90]))
+    if existing:
+        mlflow.set_tags({f"changed.{k}": f"{logged[k]} -> {v}"[:5000] for k, v in params.items()
+                         if k in logged and logged[k] != v})
+    suffix = "" if resumed_at is None else f"-resume-step{resumed_at}"  # the first start's files are kept
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "config.yaml").write_text(dump_yaml(cfg))
+        (Path(tmp) / f"config{suffix}.yaml").write_text(dump_yaml(cfg))
         if deepspeed_config is not None:
-            (Path(tmp) / "deepspeed.json").write_text(json.dumps(deepspeed_config, indent=2))
+            (Path(tmp) / f"deepspeed{suffix}.json").write_text(json.dumps(deepspeed_config, indent=2))
         mlflow.log_artifacts(tmp, artifact_path="config")
+    if resumed_at is not None:
+        mlflow.log_metric("resume/step", resumed_at, step=resumed_at)
     return run.info.run_id
 
 

@@ -1,9 +1,10 @@
 """One Ray Train V2 + DeepSpeed trainer for every method (EndPrompt and all baselines differ only in their data).
 
 Each worker loads the model with the scaled RoPE config, wraps it in a DeepSpeed engine (ZeRO stage and offload from
-the JSON under configs/deepspeed/), streams its shard of the anchored dataset, and reports metrics and DeepSpeed
-checkpoints through `ray.train.report`. Running again with the same run name and storage path resumes from the latest
-checkpoint. The final report carries the exported Hugging Face model in `hf_model/`.
+the JSON under configs/deepspeed/), builds its own micro-batches of every step from the training stream by position
+(data.SampleSource), and reports metrics and DeepSpeed checkpoints through `ray.train.report`. A checkpoint records
+the samples consumed, so running again with the same run name and storage path resumes at the first sample not yet
+trained on (resume.py checks the run is the same). The final report carries the exported model in `hf_model/`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import resource
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import ray
@@ -25,21 +27,39 @@ from .export import EXPORT_SUBDIR, save_hf_model
 from .lora import apply_lora
 from .loss import training_loss
 from .modeling import enable_activation_checkpointing, load_config, load_model, load_tokenizer
+from .resume import PROGRESS_FILE, Progress
 from .rope import scaled_config
 from .s2_attention import S2_ATTENTION, register_s2_attention
 from .schedule import lr_scheduler_factory
 
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
-PROGRESS_FILE = "progress.json"
 
 
-def deepspeed_config(cfg: ExtendConfig, world_size: int) -> dict:
-    """The user's DeepSpeed JSON with batch sizes, optimizer, schedule and precision filled in from our config."""
+def global_batch_size(cfg: ExtendConfig) -> int:
+    """Samples per optimizer step as configured: micro-batch x accumulation x the (largest) worker count. A run
+    keeps it for its whole life, whatever the number of workers it resumes or resizes to."""
+    return cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps * cfg.max_workers
+
+
+def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """The gradient accumulation that keeps `global_batch` on `world_size` workers, or a clear error."""
+    per_pass = micro_batch * world_size
+    if global_batch % per_pass:
+        raise ValueError(f"the run's global batch of {global_batch} samples cannot be split over {world_size} "
+                         f"workers x micro-batch {micro_batch}: use a worker count (or train.num_workers range) "
+                         f"whose product with train.micro_batch_size divides {global_batch}")
+    return global_batch // per_pass
+
+
+def deepspeed_config(cfg: ExtendConfig, world_size: int, accumulation: int | None = None) -> dict:
+    """The user's DeepSpeed JSON with batch sizes, optimizer, schedule and precision filled in from our config.
+    `accumulation`: the gradient accumulation for this world size (default: the configured one)."""
     t = cfg.train
+    accumulation = t.gradient_accumulation_steps if accumulation is None else accumulation
     ds = json.loads(cfg.deepspeed_path().read_text())
     ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
-    ds["gradient_accumulation_steps"] = t.gradient_accumulation_steps
-    ds["train_batch_size"] = t.micro_batch_size * t.gradient_accumulation_steps * world_size
+    ds["gradient_accumulation_steps"] = accumulation
+    ds["train_batch_size"] = t.micro_batch_size * accumulation * world_size
     ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     params = ds["optimizer"].setdefault("params", {})
     params.update(lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -86,26 +106,12 @@ def _proc_status_mb(field: str) -> float | None:
     return next((int(line.split()[1]) / 1024 for line in lines if line.startswith(f"{field}:")), None)
 
 
-def _batches(shard, micro_batch_size: int, device, skip: int = 0):
-    """Endless stream of micro-batches, epoch after epoch, after dropping the first `skip` (those a resumed run has
-    already trained on: the stream is deterministic for a fixed worker count). Fails loudly if an epoch is empty."""
+def _micro_batches(source, samples: int, micro_batch: int, accumulation: int, rank: int, world: int, device):
+    """This worker's micro-batches of the optimizer step that begins at stream position `samples` (data.py)."""
     import torch
 
-    epoch = 0
-    while True:
-        produced = 0
-        for batch in shard.iter_torch_batches(batch_size=micro_batch_size, dtypes=torch.long, device=device,
-                                              drop_last=True):
-            produced += 1
-            if skip:
-                skip -= 1
-                continue
-            yield epoch, batch
-        if produced == 0:
-            raise RuntimeError("the training dataset produced no full micro-batch: the corpus is empty after "
-                               "filtering (see the data report: too-short or malformed documents), or smaller "
-                               "than num_workers x micro_batch_size samples")
-        epoch += 1
+    return [{k: torch.from_numpy(v).to(device=device, dtype=torch.long) for k, v in batch.items()}
+            for batch in source.micro_batches(samples, micro_batch, accumulation, rank, world)]
 
 
 class _Window:
@@ -152,21 +158,12 @@ def _quiet_report_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+def _build_engine(cfg: ExtendConfig, ds_config: dict):
+    """(the DeepSpeed engine around the model with the scaled RoPE config, whether it is ZeRO-3)."""
     import deepspeed
     import torch
 
-    cfg = config_from_dict(loop_config["cfg"])
-    _quiet_report_logs()
-    t, ctx = cfg.train, ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.run.seed)
-
-    deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")  # adopts Ray Train's process group
-    if cfg.model.attn_implementation == S2_ATTENTION:  # transformers checks the name while loading
-        register_s2_attention(cfg.model.s2_group_fraction)
-    ds_config = deepspeed_config(cfg, world)
+    t = cfg.train
     model_config = scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length,
                                  cfg.rope)
     zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
@@ -184,20 +181,53 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(
         model=model, config=ds_config, model_parameters=[p for p in model.parameters() if p.requires_grad],
         lr_scheduler=lr_scheduler_factory(t.lr_schedule, t.warmup_steps, cfg.train_steps, t.min_lr_ratio))
+    return engine, zero3
 
-    step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            engine.load_checkpoint(ckpt_dir, tag=STATE_TAG)
-            step = json.loads((Path(ckpt_dir) / PROGRESS_FILE).read_text())["step"]
+
+def _load_state(engine, ckpt_dir: Path, progress: Progress, world: int) -> None:
+    """Weights, optimizer and schedule from a Ray checkpoint; a load DeepSpeed reports as failed is an error, never
+    a silent fresh start (training would go on from the initial weights while skipping the data)."""
+    if progress.world_size != world:
+        raise RuntimeError(f"the checkpoint at step {progress.step} was written by {progress.world_size} workers and "
+                           f"this attempt has {world}: set train.num_workers={progress.world_size} to resume it")
+    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=STATE_TAG)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ckpt_dir} (tag {STATE_TAG}) for step "
+                           f"{progress.step}: its state files are missing or unreadable")
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import deepspeed
+    import torch
+
+    cfg = config_from_dict(loop_config["cfg"])
+    _quiet_report_logs()
+    t, ctx = cfg.train, ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.run.seed)
+
+    deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")  # adopts Ray Train's process group
+    if cfg.model.attn_implementation == S2_ATTENTION:  # transformers checks the name while loading
+        register_s2_attention(cfg.model.s2_group_fraction)
+    with ExitStack() as stack:  # a resumed run reads its progress before building the engine, its state after
+        checkpoint = ray.train.get_checkpoint()
+        ckpt_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
+        progress = Progress.read(ckpt_dir / PROGRESS_FILE) if ckpt_dir else None
+        global_batch = progress.global_batch if progress else global_batch_size(cfg)
+        accumulation = accumulation_steps(global_batch, t.micro_batch_size, world)
+        engine, zero3 = _build_engine(cfg, deepspeed_config(cfg, world, accumulation))
+        if ckpt_dir:
+            _load_state(engine, ckpt_dir, progress, world)
+    step, samples = (progress.step, progress.samples) if progress else (0, 0)
 
     def report(metrics: dict, final: bool = False) -> None:
         saving = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag=STATE_TAG)
             if rank == 0:
-                (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": step}))
+                Progress(step=step, samples=samples, global_batch=global_batch, world_size=world,
+                         identity=loop_config["identity"]).write(Path(tmp) / PROGRESS_FILE)
             if final:
                 tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.tiny) if rank == 0 else None
                 save_hf_model(engine, tokenizer, Path(tmp) / EXPORT_SUBDIR, is_writer=rank == 0, zero3=zero3,
@@ -205,10 +235,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics["checkpoint_s"] = time.perf_counter() - saving  # kept out of step_time_s and tokens_per_s
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
-    max_steps = cfg.train_steps
-    shard = ray.train.get_dataset_shard("train") if step < max_steps else None
-    consumed = step * t.gradient_accumulation_steps
-    batches = _batches(shard, t.micro_batch_size, device, skip=consumed) if shard is not None else iter(())
+    max_steps, source = cfg.train_steps, loop_config["source"]
     board = loop_config.get("progress") if rank == 0 else None  # progress.StepBoard, drawn by the driver
     probe = None
     if loop_config.get("probe"):  # a sweep's intermediate metric for early stopping (sweeps/probe.py)
@@ -220,14 +247,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     memory_baseline = _start_peak_memory(device)  # model, engine and optimizer are built: the rest is the steps'
     window = _Window()  # this rank's losses, seconds and tokens since the last report
     while step < max_steps:
-        started, epoch, lr = time.perf_counter(), 0, engine.get_lr()[0]  # the rate this step trains with
-        for _ in range(t.gradient_accumulation_steps):
-            epoch, batch = next(batches)
+        started, lr = time.perf_counter(), engine.get_lr()[0]  # the rate this step trains with
+        for batch in _micro_batches(source, samples, t.micro_batch_size, accumulation, rank, world, device):
             loss = training_loss(engine, batch, cfg.model.attn_implementation, t.loss_chunk_size)
             engine.backward(loss)
             engine.step()
             window.add_micro(loss.detach().float().item(), int(batch["input_ids"].numel()))
-        step += 1
+        step, samples, epoch = step + 1, samples + global_batch, source.epoch_of(samples)
         window.end_step(time.perf_counter() - started)
         if board is not None:
             board.post.remote(step, window.last_loss)
@@ -253,16 +279,18 @@ def scaling_config(cfg: ExtendConfig) -> ScalingConfig:
                          use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker})
 
 
-def make_trainer(cfg: ExtendConfig, dataset, callbacks: list | None = None, progress=None,
+def make_trainer(cfg: ExtendConfig, source, identity: dict, callbacks: list | None = None, progress=None,
                  probe: dict | None = None) -> TorchTrainer:
-    """`progress`: a progress.StepBoard that rank 0 posts its step and loss to. `probe`: sweeps.probe settings
+    """`source`: the training stream (data.SampleSource; workers build their own samples from it by position);
+    `identity`: the run's defining settings (resume.run_identity), recorded in every checkpoint.
+    `progress`: a progress.StepBoard that rank 0 posts its step and loss to. `probe`: sweeps.probe settings
     (every, samples, depths, length), reported as probe/nll and probe/acc with the training metrics."""
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "progress": progress, "probe": probe},
+        train_loop_config={"cfg": cfg.to_dict(), "source": source, "identity": identity, "progress": progress,
+                           "probe": probe},
         scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        datasets={"train": dataset},
         run_config=RunConfig(name=cfg.run.name, storage_path=cfg.storage_path, callbacks=callbacks or [],
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures)),

@@ -76,24 +76,6 @@ def test_every_format_reads_the_same_documents(local_ray, tmp_path, tiny_tokeniz
         assert report["documents"] == 6, (paths, report)
 
 
-def test_resumed_stream_skips_consumed_batches_across_epochs(local_ray):
-    """A resumed run drops exactly the micro-batches it already trained on, even past an epoch boundary."""
-    import ray
-    import torch
-
-    from endprompt_ray.train import _batches
-
-    dataset = ray.data.from_items([{"input_ids": [i, i]} for i in range(6)])  # 3 micro-batches of 2 per epoch
-    straight = _batches(dataset, 2, torch.device("cpu"))
-    expected = [next(straight) for _ in range(7)]
-    resumed = _batches(dataset, 2, torch.device("cpu"), skip=4)
-    for epoch_batch in expected[4:]:
-        epoch, batch = next(resumed)
-        assert epoch == epoch_batch[0]
-        torch.testing.assert_close(batch["input_ids"], epoch_batch[1]["input_ids"])
-    assert [e for e, _ in expected] == [0, 0, 0, 1, 1, 1, 2]
-
-
 # ---- the training stream ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

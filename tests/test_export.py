@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from endprompt_ray.export import (ADAPTER_SUBDIR, METADATA_FILE, TRAINABLE_FILE, save_hf_model, write_hf_model)
+from endprompt_ray.export import (ADAPTER_SUBDIR, EXPORT_SUBDIR, METADATA_FILE, TRAINABLE_FILE, export_from_checkpoint,
+                                  save_hf_model, write_hf_model)
 from endprompt_ray.lora import LONGLORA_TRAINABLE, LoraError, LoraSpec, apply_lora
 from endprompt_ray.rope import RopeScaling, scaled_config
 
@@ -188,3 +189,21 @@ def _zero3_worker(tiny_dir: str, out: Path) -> None:
 
 if __name__ == "__main__":
     _zero3_worker(sys.argv[1], Path(sys.argv[2]))
+
+
+def test_export_reads_only_the_model_folder_of_the_final_checkpoint(tmp_path):
+    """The DeepSpeed state beside the exported model is never copied (for 8B it is ~100 GB)."""
+    from ray.train import Checkpoint
+
+    ckpt = tmp_path / "checkpoint_0"
+    (ckpt / EXPORT_SUBDIR / "sub").mkdir(parents=True)
+    (ckpt / EXPORT_SUBDIR / "config.json").write_text("{}")
+    (ckpt / EXPORT_SUBDIR / "sub" / "tokenizer.json").write_text("[]")
+    (ckpt / "state").mkdir()
+    (ckpt / "state" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x" * 1000)
+    out = export_from_checkpoint(Checkpoint.from_directory(str(ckpt)), tmp_path / "model")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["config.json", "sub/tokenizer.json"]
+    (ckpt / EXPORT_SUBDIR / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="holds no exported model"):
+        export_from_checkpoint(Checkpoint.from_directory(str(ckpt)), tmp_path / "model")

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from endprompt_ray.config import load_config
 from endprompt_ray.pipeline import run_extend
+from endprompt_ray.resume import ResumeMismatch
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,18 @@ def test_zero2_trains_checkpoints_resumes_and_exports(local_ray, tmp_path):
     assert params["method.kind"] == "endprompt" and params["train.deepspeed_config"].endswith("zero2.json")
     for key in ("train/tokens_per_s", "train/step_time_s", "train/peak_memory_mb", "train/learning_rate"):
         assert len(_history(resumed, key)) == 6
+    # the resume is an event in the run; the first start's config stays beside the one it resumed with
+    assert _history(resumed, "resume/step") == [(4, 4.0)]
+    client = MlflowClient(resumed.tracking_uri)
+    logged = {a.path for a in client.list_artifacts(resumed.mlflow_run_id, "config")}
+    assert {"config/config.yaml", "config/config-resume-step4.yaml"} <= logged
+    assert client.get_run(resumed.mlflow_run_id).data.tags["changed.train.max_steps"] == "4 -> 6"
+    assert "max_steps: 4" in (tmp_path / "z2" / "config.yaml").read_text()
+    assert "max_steps: 6" in (tmp_path / "z2" / "config-resume-step4.yaml").read_text()
+
+    # a re-run of the same name with another defining setting is refused before any training
+    with pytest.raises(ResumeMismatch, match=r"method.target_length: '2048' in the checkpoint, '4096' now"):
+        run_extend(_cfg(tmp_path, "z2", "train.max_steps=8", "method.target_length=4096"))
 
     # Resuming restores weights, optimizer, schedule and the data position: steps 5 and 6 match an uninterrupted run.
     straight = run_extend(_cfg(tmp_path, "z2-straight", "train.max_steps=6", "train.checkpoint_every=6"))
