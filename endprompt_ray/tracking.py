@@ -16,6 +16,7 @@ from ray.train import UserCallback
 from .config import ExtendConfig, dump_yaml
 
 RUN_NAME_TAG = "endprompt.run_name"
+RESUME_METRIC = "resume/step"  # one point per resume (a re-run job or a Ray Train restart): the step resumed from
 ERROR_TAG = "endprompt.error"  # why a FAILED run failed (the first lines of the error)
 TRAIN_METRICS = ("loss", "learning_rate", "tokens_per_s", "step_time_s", "checkpoint_s", "peak_memory_mb",
                  "peak_memory_delta_mb", "epoch")
@@ -33,8 +34,8 @@ def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dic
     """Open (or reopen, for a resumed run name) the MLflow run and log params and config artifacts.
 
     `resumed_at`: the step a resumed run continues from. MLflow params are write-once, so the first start's params
-    stay; a resume adds params that are new, a `changed.<param>` tag ("old -> new") for each changed one, the
-    config it resumed with as config/config-resume-step<N>.yaml and a `resume/step` metric: one point per resume."""
+    stay; a resume adds params that are new, a `changed.<param>` tag ("old -> new") for each changed one and the
+    config it resumed with as config/config-resume-step<N>.yaml (the workers log the `resume/step` point)."""
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient()
     experiment = experiment_id(client, cfg.tracking.experiment)
@@ -57,8 +58,6 @@ def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dic
         if deepspeed_config is not None:
             (Path(tmp) / f"deepspeed{suffix}.json").write_text(json.dumps(deepspeed_config, indent=2))
         mlflow.log_artifacts(tmp, artifact_path="config")
-    if resumed_at is not None:
-        mlflow.log_metric("resume/step", resumed_at, step=resumed_at)
     return run.info.run_id
 
 
@@ -79,7 +78,26 @@ class MlflowTrainCallback(UserCallback):
         values = {f"train/{k}": float(metrics[0][k]) for k in TRAIN_METRICS if k in metrics[0]}
         values.update({k: float(v) for k, v in metrics[0].items() if k.startswith("probe/")})  # sweeps/probe.py
         now = int(time.time() * 1000)
-        self._client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+        points = [Metric(k, v, now, step) for k, v in values.items()]
+        if "resumed_from_step" in metrics[0]:  # the workers restored a checkpoint: a point at the step resumed from
+            resumed = int(metrics[0]["resumed_from_step"])
+            points.append(Metric(RESUME_METRIC, float(resumed), now, resumed))
+        _retry_while_locked(lambda: self._client.log_batch(self.run_id, metrics=points))
+
+
+def _retry_while_locked(call, attempts: int = 8, first_wait_s: float = 0.5):
+    """Run an MLflow call, waiting out a busy sqlite store: concurrent runs (a sweep's trials) share one database
+    file, and on a loaded machine a writer can hold its lock past the 20 s MLflow waits for it. Other errors are
+    raised at once."""
+    wait = first_wait_s
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:  # MlflowException or SQLAlchemy's OperationalError, depending on the call
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(wait)
+            wait = min(2 * wait, 16.0)
 
 
 def log_data_report(report: dict[str, int]) -> None:

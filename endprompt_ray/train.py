@@ -220,6 +220,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if ckpt_dir:
             _load_state(engine, ckpt_dir, progress, world)
     step, samples = (progress.step, progress.samples) if progress else (0, 0)
+    restored = progress.step if progress else None  # reported once: a resume event (new job or Ray Train restart)
 
     def report(metrics: dict, final: bool = False) -> None:
         saving = time.perf_counter()
@@ -262,6 +263,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {"step": step, "epoch": epoch, "learning_rate": lr, **window.reduce(device),
                    "peak_memory_mb": (peak := _peak_memory_mb(device)),
                    "peak_memory_delta_mb": peak - memory_baseline}
+        if restored is not None:
+            metrics["resumed_from_step"], restored = restored, None
         if probe is not None and probe.due(step, final=step == max_steps):
             metrics.update(probe(engine.module, device))
         if step == max_steps:

@@ -218,3 +218,27 @@ def test_probe_scores_the_key_tokens_of_held_out_passkeys(tiny_tokenizer, one_th
                     for ids, n in probe.items)
     assert scores["probe/nll"] == pytest.approx(total / sum(n for _, n in probe.items), rel=1e-4)
     assert scores["probe/acc"] == 0.0  # a random model knows no key
+
+
+def test_metric_logging_waits_out_a_locked_sqlite_store(mlflow_uri):
+    """A sweep's concurrent trials share one sqlite file: a report that finds it locked past the 20 s MLflow waits
+    (its busy_timeout) is retried (an unretried one failed the trial's training with 'database is locked')."""
+    import sqlite3
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from endprompt_ray.tracking import MlflowTrainCallback
+
+    client = MlflowClient(mlflow_uri)
+    run = client.create_run(client.create_experiment("locked"))
+    holder = sqlite3.connect(mlflow_uri.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    release = threading.Timer(22.0, holder.rollback)
+    release.start()
+    try:
+        MlflowTrainCallback(mlflow_uri, run.info.run_id).after_report(None, [{"step": 3, "loss": 2.5}], None)
+    finally:
+        release.join()
+        holder.close()
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")] == [(3, 2.5)]

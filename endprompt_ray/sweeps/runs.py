@@ -131,8 +131,12 @@ def _first_line(trial) -> str:
             text = f.read()
     except OSError:
         pass
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith(" ")]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", *_TRAILERS))]
     return (lines[-1] if lines else "unknown error (see the trial's log)")[:500]
+
+
+# lines that database drivers append after the message (SQLAlchemy: the statement, its parameters, a help link)
+_TRAILERS = ("(Background on this error", "[SQL:", "[parameters:", "FROM ", "WHERE ")
 
 
 def close_unfinished(tracking_uri: str, experiment: str, parent_id: str, status: str = "KILLED") -> int:
