@@ -30,6 +30,7 @@ from .modeling import enable_activation_checkpointing, load_config, load_model, 
 from .resume import PROGRESS_FILE, Progress
 from .rope import scaled_config
 from .s2_attention import S2_ATTENTION, register_s2_attention
+from .universal import client_state, load_universal, to_universal, universal_config
 from .schedule import lr_scheduler_factory
 
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
@@ -184,16 +185,35 @@ def _build_engine(cfg: ExtendConfig, ds_config: dict):
     return engine, zero3
 
 
-def _load_state(engine, ckpt_dir: Path, progress: Progress, world: int) -> None:
+def _load_state(engine, ckpt_dir: Path, progress: Progress, resized: bool, ctx) -> None:
     """Weights, optimizer and schedule from a Ray checkpoint; a load DeepSpeed reports as failed is an error, never
-    a silent fresh start (training would go on from the initial weights while skipping the data)."""
-    if progress.world_size != world:
-        raise RuntimeError(f"the checkpoint at step {progress.step} was written by {progress.world_size} workers and "
-                           f"this attempt has {world}: set train.num_workers={progress.world_size} to resume it")
-    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=STATE_TAG)
-    if path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ckpt_dir} (tag {STATE_TAG}) for step "
-                           f"{progress.step}: its state files are missing or unreadable")
+    a silent fresh start (training would go on from the initial weights while skipping the data). A checkpoint
+    written by another number of workers goes through DeepSpeed's universal format (universal.py): converted once
+    per node, then re-partitioned for this world size while loading."""
+    if not resized:
+        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=STATE_TAG)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {ckpt_dir} (tag {STATE_TAG}) for step "
+                               f"{progress.step}: its state files are missing or unreadable")
+        return
+    import hashlib
+    import shutil
+
+    import torch.distributed as dist
+
+    key = hashlib.blake2b(f"{ckpt_dir}:{progress.step}".encode(), digest_size=8).hexdigest()
+    out_dir = Path(tempfile.gettempdir()) / "endprompt-universal" / key  # node-local, outside Ray's checkpoint
+    if ctx.get_local_rank() == 0:
+        logging.getLogger("endprompt_ray").info("step %d was saved by %d workers, resuming on %d: converting to "
+                                                "DeepSpeed's universal format", progress.step, progress.world_size,
+                                                ctx.get_world_size())
+        shutil.rmtree(out_dir, ignore_errors=True)
+        to_universal(ckpt_dir, STATE_TAG, out_dir)
+    dist.barrier()
+    load_universal(engine, out_dir / STATE_TAG)
+    dist.barrier()
+    if ctx.get_local_rank() == 0:
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -216,16 +236,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
         progress = Progress.read(ckpt_dir / PROGRESS_FILE) if ckpt_dir else None
         global_batch = progress.global_batch if progress else global_batch_size(cfg)
         accumulation = accumulation_steps(global_batch, t.micro_batch_size, world)
-        engine, zero3 = _build_engine(cfg, deepspeed_config(cfg, world, accumulation))
+        resized = progress is not None and progress.world_size != world  # ZeRO shards are per rank: re-partition
+        ds_config = deepspeed_config(cfg, world, accumulation)
+        engine, zero3 = _build_engine(cfg, universal_config(ds_config) if resized else ds_config)
         if ckpt_dir:
-            _load_state(engine, ckpt_dir, progress, world)
+            _load_state(engine, ckpt_dir, progress, resized, ctx)
     step, samples = (progress.step, progress.samples) if progress else (0, 0)
     restored = progress.step if progress else None  # reported once: a resume event (new job or Ray Train restart)
 
     def report(metrics: dict, final: bool = False) -> None:
         saving = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            engine.save_checkpoint(tmp, tag=STATE_TAG)
+            engine.save_checkpoint(tmp, tag=STATE_TAG, client_state=client_state())  # convertible to universal
             if rank == 0:
                 Progress(step=step, samples=samples, global_batch=global_batch, world_size=world,
                          identity=loop_config["identity"]).write(Path(tmp) / PROGRESS_FILE)
