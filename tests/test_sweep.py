@@ -155,7 +155,8 @@ def test_best_config_runs_unchanged_through_extend(tmp_path, monkeypatch, capsys
     spec = load_sweep(ROOT / "tune_spaces" / "anchor_space.yaml")
     base = base_config(spec)
     plan = TrialPlan(spec, dimensions(spec), base.to_dict(), str(tmp_path), "parent", "node")
-    params = {"anchor": "anchor=fixed,anchor_offset=0", "prompt": "prompt_source=template", "rope.factor": 16}
+    # values long enough that a default-width YAML dump of them would wrap out of the comment header
+    params = {"anchor": "anchor=fixed,anchor_offset=0", "prompt": "prompt_source=tail,tail_length=20", "rope.factor": 16}
     path = write_best_config(Row("t3", params, {spec.metric: 55.0}, "done"), plan, tmp_path / "best.yaml")
     extend = _script("extend", ROOT / "pipelines" / "extend.py")
     assert extend.main(["--config", str(path), "--print-config"]) == 0

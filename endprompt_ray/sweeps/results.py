@@ -120,9 +120,10 @@ def write_best_config(best: Row, plan: TrialPlan, path: Path) -> Path:
     resuming the trial's checkpoint."""
     cfg = plan.config(best.params)
     cfg.run.name = f"{plan.spec.name}-best"
+    swept = yaml.safe_dump(best.params, default_flow_style=True, width=float("inf")).strip()
     head = (f"# Best trial {best.trial_id} of sweep '{plan.spec.name}': {plan.spec.metric} = "
             f"{best.value(plan.spec.metric):.4g} ({plan.spec.mode} is better)\n"
-            f"# swept values: {yaml.safe_dump(best.params, default_flow_style=True).strip()}\n"
+            f"# swept values: {swept.replace(chr(10), chr(10) + '# ')}\n"  # every line a comment
             f"# run it: python pipelines/extend.py --config {path}\n")
     path.write_text(head + dump_yaml(cfg))
     return path
