@@ -10,7 +10,7 @@ Everything else (steps, learning rate, worker count, evaluation) may change betw
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import ConfigError, ExtendConfig
@@ -48,7 +48,7 @@ class Progress:
         return cls.from_dict(json.loads(Path(path).read_text()), str(path))
 
     def write(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.__dict__, indent=1, sort_keys=True))
+        Path(path).write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
 
 
 def run_identity(cfg: ExtendConfig, data_fingerprint: str, tokenizer_name: str) -> dict:

@@ -30,8 +30,8 @@ from .modeling import enable_activation_checkpointing, load_config, load_model, 
 from .resume import PROGRESS_FILE, Progress
 from .rope import scaled_config
 from .s2_attention import S2_ATTENTION, register_s2_attention
-from .universal import client_state, load_universal, to_universal, universal_config
 from .schedule import lr_scheduler_factory
+from .universal import client_state, load_universal, saved_world_size, to_universal, universal_config
 
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
 
@@ -236,7 +236,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         progress = Progress.read(ckpt_dir / PROGRESS_FILE) if ckpt_dir else None
         global_batch = progress.global_batch if progress else global_batch_size(cfg)
         accumulation = accumulation_steps(global_batch, t.micro_batch_size, world)
-        resized = progress is not None and progress.world_size != world  # ZeRO shards are per rank: re-partition
+        # ZeRO shards are per rank: another world size re-partitions them. DeepSpeed's own record of the ranks that
+        # wrote the checkpoint also refuses one with missing rank files (a partial copy) before anything loads.
+        resized = ckpt_dir is not None and saved_world_size(ckpt_dir, STATE_TAG) != world
         ds_config = deepspeed_config(cfg, world, accumulation)
         engine, zero3 = _build_engine(cfg, universal_config(ds_config) if resized else ds_config)
         if ckpt_dir:

@@ -243,3 +243,18 @@ def test_metric_logging_waits_out_a_locked_sqlite_store(mlflow_uri):
         release.join()
         holder.close()
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")] == [(3, 2.5)]
+
+
+def test_a_failed_trial_is_summarised_by_the_database_error_not_its_trailer(tmp_path):
+    """SQLAlchemy follows a database error with the statement, its parameters and a help link."""
+    from types import SimpleNamespace
+
+    from endprompt_ray.sweeps.runs import _first_line
+
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                          "ray.train.ControllerError: Training failed due to controller error:\n"
+                          "(sqlite3.OperationalError) database is locked\n[SQL: SELECT runs.run_uuid\nFROM runs\n"
+                          "WHERE runs.run_uuid = ?]\n[parameters: ('372a',)]\n"
+                          "(Background on this error at: https://sqlalche.me/e/21/e3q8)\n")
+    assert _first_line(SimpleNamespace(error_file=str(error_file))) == "(sqlite3.OperationalError) database is locked"

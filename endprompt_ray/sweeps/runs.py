@@ -9,6 +9,7 @@ MLflow.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from mlflow.entities import Metric, Param, RunTag
@@ -131,12 +132,13 @@ def _first_line(trial) -> str:
             text = f.read()
     except OSError:
         pass
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", *_TRAILERS))]
+    text = _SQL_TRAILER.sub("", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith(" ")]
     return (lines[-1] if lines else "unknown error (see the trial's log)")[:500]
 
 
-# lines that database drivers append after the message (SQLAlchemy: the statement, its parameters, a help link)
-_TRAILERS = ("(Background on this error", "[SQL:", "[parameters:", "FROM ", "WHERE ")
+# what SQLAlchemy appends after a database error's message: the statement, its parameters and a help link
+_SQL_TRAILER = re.compile(r"^\[SQL: .*?^\(Background on this error at: [^\n]*$", re.S | re.M)
 
 
 def close_unfinished(tracking_uri: str, experiment: str, parent_id: str, status: str = "KILLED") -> int:
