@@ -74,6 +74,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     num_workers: Any = 2  # an int, or [min, max] for elastic training
+    elastic_resize_interval_s: float = 60.0  # [min, max]: how often Ray Train looks for room to grow the group
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # CPU default fits 2 workers + data tasks on 2 cores; raise on GPU nodes
     deepspeed_config: str = "configs/deepspeed/zero2.json"
@@ -149,6 +150,19 @@ class ExtendConfig:
         return workers[1] if isinstance(workers, list) else workers
 
     @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step: micro-batch x accumulation x the (largest) worker count. A run keeps it for
+        its whole life, whatever the number of workers it resumes or resizes to."""
+        return self.train.micro_batch_size * self.train.gradient_accumulation_steps * self.max_workers
+
+    def uneven_worker_counts(self) -> list[int]:
+        """Counts of a [min, max] range that cannot keep the global batch: a resize to one of them fails to start."""
+        workers = self.train.num_workers
+        if not isinstance(workers, (list, tuple)):
+            return []
+        return [n for n in range(workers[0], workers[1]) if self.global_batch % (self.train.micro_batch_size * n)]
+
+    @property
     def storage_path(self) -> str:
         if self.run.storage_path:
             return _absolute(self.run.storage_path)
@@ -198,6 +212,15 @@ class ExtendConfig:
         for name in ("micro_batch_size", "gradient_accumulation_steps", "checkpoint_every", "report_every"):
             if getattr(t, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1")
+        if isinstance(workers, (list, tuple)):
+            if self.global_batch % (t.micro_batch_size * workers[0]):
+                raise ConfigError(
+                    f"train.num_workers={list(workers)}: the global batch of {self.global_batch} samples (micro-batch "
+                    f"{t.micro_batch_size} x accumulation {t.gradient_accumulation_steps} x {workers[1]} workers) "
+                    f"cannot be split over {workers[0]} workers: pick a minimum whose product with the micro-batch "
+                    f"divides it, or raise train.gradient_accumulation_steps")
+            if t.elastic_resize_interval_s < 0:
+                raise ConfigError("train.elastic_resize_interval_s must be >= 0")
         if t.max_steps < 0:
             raise ConfigError("train.max_steps must be >= 0")
         if t.warmup_steps < 0 or t.loss_chunk_size < 0:

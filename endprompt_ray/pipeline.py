@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,11 @@ def preflight(cfg: ExtendConfig) -> None:
             path = getattr(cfg.eval, key)
             if path and not Path(path).expanduser().exists():
                 raise ConfigError(f"eval.{key}={path!r} does not exist; fix the path or leave it unset")
+    if uneven := cfg.uneven_worker_counts():  # legal, but a resize to one of them cannot start: say so up front
+        print(f"warning: train.num_workers={cfg.train.num_workers}: Ray Train may resize to any count in the range, "
+              f"and {', '.join(map(str, uneven))} worker(s) cannot keep the global batch of {cfg.global_batch} "
+              f"samples (a group of that size fails to start); raise train.gradient_accumulation_steps or narrow "
+              f"the range to avoid it", file=sys.stderr)
     if uses_flash_path(cfg.model.attn_implementation) and not cfg.train.use_gpu:
         raise ConfigError(f"model.attn_implementation={cfg.model.attn_implementation} is a flash-attention kernel and "
                           "needs GPUs: set train.use_gpu=true or use model.attn_implementation=sdpa")

@@ -121,3 +121,11 @@ def test_eval_settings_checked_before_training(tmp_path):
         preflight(load_config(None, [f"eval.ppl_documents={tmp_path / 'heldout.jsonl'}"]))
     with pytest.raises(ConfigError, match="eval.suites is empty"):
         load_config(None, ["eval.suites=[]"])
+
+
+def test_an_elastic_range_with_counts_that_cannot_keep_the_global_batch_is_warned_before_training(capsys):
+    preflight(load_config(None, ["train.num_workers=[2, 8]", "train.micro_batch_size=2"]))
+    err = capsys.readouterr().err
+    assert "warning: train.num_workers=[2, 8]" in err and "3, 5, 6, 7 worker(s) cannot keep the global batch of 16" in err
+    preflight(load_config(None, ["train.num_workers=[1, 2]", "train.micro_batch_size=2"]))
+    assert capsys.readouterr().err == ""

@@ -10,11 +10,26 @@ from endprompt_ray.train import deepspeed_config, scaling_config
 
 
 def test_s3_storage_and_elastic_workers():
-    cfg = load_config(None, ["run.storage_path=s3://bucket/prefix", "train.num_workers=[2, 8]"])
+    # 1 x 3 x 4 = 12 samples per step: 2, 3 and 4 workers each keep it
+    cfg = load_config(None, ["run.storage_path=s3://bucket/prefix", "train.num_workers=[2, 4]",
+                             "train.micro_batch_size=1", "train.gradient_accumulation_steps=3",
+                             "train.elastic_resize_interval_s=5"])
     assert cfg.storage_path == "s3://bucket/prefix"  # handed to Ray Train untouched
     scaling = scaling_config(cfg)
-    assert scaling.num_workers == (2, 8) and scaling.resources_per_worker == {"CPU": 0.5}
+    assert scaling.num_workers == (2, 4) and scaling.resources_per_worker == {"CPU": 0.5}
+    assert scaling.elastic_resize_monitor_interval_s == 5
     assert scaling_config(load_config(None, ["train.num_workers=4"])).num_workers == 4
+
+
+def test_an_elastic_range_must_start_on_its_minimum_and_names_the_counts_it_cannot_resize_to():
+    # micro-batch 2, accumulation 1, max 8 workers: 16 samples per step; n workers keep it when 2 n divides 16
+    with pytest.raises(ConfigError, match=r"global batch of 16 samples .* cannot be split over 3 workers"):
+        load_config(None, ["train.num_workers=[3, 8]", "train.micro_batch_size=2"])
+    cfg = load_config(None, ["train.num_workers=[2, 8]", "train.micro_batch_size=2"])
+    assert cfg.global_batch == 16 and cfg.uneven_worker_counts() == [3, 5, 6, 7]
+    cfg = load_config(None, ["train.num_workers=[1, 4]", "train.micro_batch_size=1", "train.gradient_accumulation_steps=3"])
+    assert cfg.global_batch == 12 and cfg.uneven_worker_counts() == []  # 12 = 1 x 12 = 2 x 6 = 3 x 4 = 4 x 3
+    assert load_config(None, ["train.num_workers=4"]).uneven_worker_counts() == []
 
 
 def test_local_paths_are_pinned_to_where_the_command_ran(tmp_path, monkeypatch):

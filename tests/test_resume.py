@@ -6,7 +6,7 @@ import pytest
 
 from endprompt_ray.config import load_config
 from endprompt_ray.resume import Progress, ResumeMismatch, check_resume, latest_progress, run_identity
-from endprompt_ray.train import accumulation_steps, global_batch_size
+from endprompt_ray.train import accumulation_steps
 
 
 def _identity(*overrides, fingerprint="abc"):
@@ -74,4 +74,4 @@ def test_a_global_batch_that_cannot_split_is_a_clear_error():
 def test_global_batch_counts_the_largest_worker_count():
     cfg = load_config(None, ["train.micro_batch_size=2", "train.gradient_accumulation_steps=3",
                              "train.num_workers=[1, 4]"])
-    assert global_batch_size(cfg) == 24
+    assert cfg.global_batch == 24
