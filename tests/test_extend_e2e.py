@@ -1,11 +1,16 @@
 """End to end on a local Ray: 2 CPU workers, real DeepSpeed (gloo), real MLflow on sqlite, tiny model."""
 
+import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from ray.train import UserCallback
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from endprompt_ray.config import load_config
@@ -105,6 +110,41 @@ def test_a_resume_at_another_worker_count_keeps_the_global_batch_and_the_losses(
         assert speed * seconds == pytest.approx(4 * 256, rel=1e-6)
 
 
+def _kill_one_worker(record: Path) -> UserCallback:
+    """A callback that, after the first checkpoint is persisted, SIGKILLs one training worker, its pid taken from
+    Ray's actor table (callbacks run in Ray Train's controller, on this node). `record`: a file the test reads back.
+    Defined here so that Ray pickles the class by value (the controller cannot import test modules)."""
+
+    class KillOneWorker(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is None or record.exists():
+                return
+            import ray._private.state  # the public ray.util.state needs the dashboard; the tests' Ray has none
+
+            workers = sorted(a["Pid"] for a in ray._private.state.actors().values()
+                             if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE")
+            os.kill(workers[-1], signal.SIGKILL)
+            record.write_text(json.dumps({"pid": workers[-1], "workers": len(workers), "step": metrics[0]["step"]}))
+
+    return KillOneWorker()
+
+
+def test_a_killed_worker_is_restarted_from_the_checkpoint_and_ends_with_the_uninterrupted_weights(
+        local_ray, tmp_path, straight):
+    record = tmp_path / "killed.json"
+    result = run_extend(_cfg(tmp_path, "killed", "train.max_steps=6", "train.checkpoint_every=2",
+                             "train.max_failures=1"), train_callbacks=[_kill_one_worker(record)])
+    killed = json.loads(record.read_text())
+    assert killed["workers"] == 2 and killed["step"] == 2
+    assert _history(result, "resume/step") == [(2, 2.0)]  # Ray Train restarted the group from step 2
+    assert result.final_metrics["step"] == 6
+    # the restart trained steps 3-6 exactly as the uninterrupted run did
+    weights, expected = (load_file(Path(run.model_dir) / "model.safetensors") for run in (result, straight))
+    assert weights.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(weights[name], tensor), name
+
+
 def test_zero3_trains_and_exports_gathered_weights(local_ray, tmp_path):
     """Also reads a corpus file: its read tasks must fit beside the CPU training workers on a 2-CPU Ray."""
     import json
@@ -169,8 +209,6 @@ def test_accumulation_prompts_masks_and_schedules_through_the_trainer(local_ray,
 def test_longlora_baseline_on_zero3_exports_a_merged_plain_model(local_ray, tmp_path):
     """LoRA on q/k/v/o + trained embeddings and norms + S2-Attn, full-length, ZeRO-3: the export is a plain HF model
     (adapters merged) whose frozen weights are the base's and whose adapted ones moved; the adapter is saved too."""
-    from safetensors.torch import load_file
-
     from endprompt_ray.modeling import load_model
 
     result = run_extend(_cfg(tmp_path, "longlora", "method.kind=full_length", "method.target_length=512",
