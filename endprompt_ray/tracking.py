@@ -19,7 +19,7 @@ RUN_NAME_TAG = "endprompt.run_name"
 RESUME_METRIC = "resume/step"  # one point per resume (a re-run job or a Ray Train restart): the step resumed from
 ERROR_TAG = "endprompt.error"  # why a FAILED run failed (the first lines of the error)
 TRAIN_METRICS = ("loss", "learning_rate", "tokens_per_s", "step_time_s", "checkpoint_s", "peak_memory_mb",
-                 "peak_memory_delta_mb", "epoch")
+                 "peak_memory_delta_mb", "epoch", "workers")
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

@@ -36,12 +36,6 @@ from .universal import client_state, load_universal, saved_world_size, to_univer
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
 
 
-def global_batch_size(cfg: ExtendConfig) -> int:
-    """Samples per optimizer step as configured: micro-batch x accumulation x the (largest) worker count. A run
-    keeps it for its whole life, whatever the number of workers it resumes or resizes to."""
-    return cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps * cfg.max_workers
-
-
 def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
     """The gradient accumulation that keeps `global_batch` on `world_size` workers, or a clear error."""
     per_pass = micro_batch * world_size
@@ -201,8 +195,10 @@ def _load_state(engine, ckpt_dir: Path, progress: Progress, resized: bool, ctx) 
 
     import torch.distributed as dist
 
+    # node-local, outside Ray's checkpoint; "node" as Ray Train's local ranks count it (one per IP, so Ray nodes
+    # that share a machine share the conversion its local rank 0 writes in that machine's /tmp)
     key = hashlib.blake2b(f"{ckpt_dir}:{progress.step}".encode(), digest_size=8).hexdigest()
-    out_dir = Path(tempfile.gettempdir()) / "endprompt-universal" / key  # node-local, outside Ray's checkpoint
+    out_dir = Path(tempfile.gettempdir()) / "endprompt-universal" / key
     if ctx.get_local_rank() == 0:
         logging.getLogger("endprompt_ray").info("step %d was saved by %d workers, resuming on %d: converting to "
                                                 "DeepSpeed's universal format", progress.step, progress.world_size,
@@ -234,7 +230,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         checkpoint = ray.train.get_checkpoint()
         ckpt_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
         progress = Progress.read(ckpt_dir / PROGRESS_FILE) if ckpt_dir else None
-        global_batch = progress.global_batch if progress else global_batch_size(cfg)
+        global_batch = progress.global_batch if progress else cfg.global_batch
         accumulation = accumulation_steps(global_batch, t.micro_batch_size, world)
         # ZeRO shards are per rank: another world size re-partitions them. DeepSpeed's own record of the ranks that
         # wrote the checkpoint also refuses one with missing rank files (a partial copy) before anything loads.
@@ -284,7 +280,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             board.post.remote(step, window.last_loss)
         if step % t.report_every and step % t.checkpoint_every and step != max_steps:
             continue  # a report is a barrier across workers and the controller: seconds each on a CPU cluster
-        metrics = {"step": step, "epoch": epoch, "learning_rate": lr, **window.reduce(device),
+        metrics = {"step": step, "epoch": epoch, "learning_rate": lr, "workers": world, **window.reduce(device),
                    "peak_memory_mb": (peak := _peak_memory_mb(device)),
                    "peak_memory_delta_mb": peak - memory_baseline}
         if restored is not None:
@@ -301,9 +297,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def scaling_config(cfg: ExtendConfig) -> ScalingConfig:
-    workers = cfg.train.num_workers
-    return ScalingConfig(num_workers=tuple(workers) if isinstance(workers, list) else workers,
-                         use_gpu=cfg.train.use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker})
+    t = cfg.train
+    elastic = isinstance(t.num_workers, list)
+    return ScalingConfig(num_workers=tuple(t.num_workers) if elastic else t.num_workers, use_gpu=t.use_gpu,
+                         resources_per_worker={"CPU": t.cpus_per_worker},
+                         **({"elastic_resize_monitor_interval_s": t.elastic_resize_interval_s} if elastic else {}))
 
 
 def make_trainer(cfg: ExtendConfig, source, identity: dict, callbacks: list | None = None, progress=None,
