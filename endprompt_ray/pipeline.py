@@ -25,7 +25,6 @@ from .resume import check_resume, latest_progress, run_identity
 from .rope import scaled_config
 from .train import deepspeed_config, make_trainer
 
-log = logging.getLogger("endprompt_ray")
 
 
 @dataclass
@@ -78,7 +77,10 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None, train_callbac
     previous = latest_progress(cfg.storage_path, cfg.run.name)
     if previous is not None:
         check_resume(previous, identity, cfg)
-        log.info("resuming run %s at step %d (%d samples trained)", cfg.run.name, previous.step, previous.samples)
+        resized = (f"; train.num_workers={cfg.train.num_workers} now, the global batch of {previous.global_batch} "
+                   "samples is kept") if cfg.train.num_workers != previous.world_size else ""
+        print(f"resuming run '{cfg.run.name}' at step {previous.step}: {previous.samples} samples trained by "
+              f"{previous.world_size} worker{'s' * (previous.world_size != 1)}{resized}", flush=True)
     # the first start's config stays; a resume keeps the one it ran with beside it
     config_file = "config.yaml" if previous is None else f"config-resume-step{previous.step}.yaml"
     (run_dir / config_file).write_text(dump_yaml(cfg))

@@ -93,12 +93,16 @@ def test_zero2_trains_checkpoints_resumes_and_exports(local_ray, tmp_path, strai
                                             ["train.num_workers=2", "train.gradient_accumulation_steps=2"])],
                          ids=["2-to-1-workers", "1-to-2-workers"])
 def test_a_resume_at_another_worker_count_keeps_the_global_batch_and_the_losses(local_ray, tmp_path, straight,
-                                                                                 before, after):
+                                                                                 before, after, capsys):
     """The checkpoint of 2 workers resumes on 1 (and the reverse) through DeepSpeed's universal format: the run
     keeps its global batch of 4 samples (accumulation adapts) and steps 5 and 6 follow the uninterrupted run."""
     first = run_extend(_cfg(tmp_path, "resized", "train.max_steps=4", "train.checkpoint_every=2", *before))
     assert [s for s, _ in _history(first)] == [1, 2, 3, 4]
+    capsys.readouterr()
     resumed = run_extend(_cfg(tmp_path, "resized", "train.max_steps=6", "train.checkpoint_every=2", *after))
+    saved_by, now = before[0][-1], after[0][-1]
+    assert (f"resuming run 'resized' at step 4: 16 samples trained by {saved_by} worker{'s' * (saved_by == '2')}; "
+            f"train.num_workers={now} now, the global batch of 4 samples is kept") in capsys.readouterr().out
     assert _history(resumed, "resume/step") == [(4, 4.0)]
     tail, want = _history(resumed)[4:], _history(straight)[4:]
     assert [s for s, _ in tail] == [5, 6]
