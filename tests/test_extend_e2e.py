@@ -80,6 +80,8 @@ def test_zero2_trains_checkpoints_resumes_and_exports(local_ray, tmp_path, strai
     # a re-run of the same name with another defining setting is refused before any training
     with pytest.raises(ResumeMismatch, match=r"method.target_length: '2048' in the checkpoint, '4096' now"):
         run_extend(_cfg(tmp_path, "z2", "train.max_steps=8", "method.target_length=4096"))
+    with pytest.raises(ResumeMismatch, match=r"method.physical_length: '256' in the checkpoint, '128' now"):
+        run_extend(_cfg(tmp_path, "z2", "train.max_steps=8", "method.physical_length=128"))
 
     # Resuming restores weights, optimizer, schedule and the data position: steps 5 and 6 match an uninterrupted run.
     resumed_tail, straight_tail = _history(resumed)[4:], _history(straight)[4:]
