@@ -195,3 +195,8 @@ def quiet_logs(log_file: Path | None = None) -> None:
                     and not isinstance(h, logging.FileHandler)]:
             logger.removeHandler(old)
         logger.propagate = True
+    import ray.data  # noqa: F401 - sets up Ray Data's own loggers: ray-data.log in Ray's logs, and the console
+    from ray._private.log import PlainRayHandler
+
+    for console in [h for h in logging.getLogger("ray.data").handlers if isinstance(h, PlainRayHandler)]:
+        console.setLevel(logging.WARNING)  # off a terminal it logs ~12 progress lines per dataset; the file keeps them
