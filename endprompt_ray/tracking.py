@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
 
@@ -29,6 +29,16 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
+PARAM_VALUE_LIMIT = 6000  # characters MLflow keeps of a param value
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    """Log params in the batches MLflow accepts (at most 100 per call), values cut to what it stores."""
+    items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
 def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dict | None = None,
               resumed_at: int | None = None) -> str:
     """Open (or reopen, for a resumed run name) the MLflow run and log params and config artifacts.
@@ -45,10 +55,8 @@ def start_run(cfg: ExtendConfig, deepspeed_config: dict | None = None, tags: dic
                            run_name=None if existing else cfg.run.name,
                            tags={RUN_NAME_TAG: cfg.run.name, **(tags or {})})
     logged = existing[0].data.params if existing else {}
-    params = {k: v[:6000] for k, v in cfg.flat_params().items()}  # MLflow's limit on a param value
-    new = {k: v for k, v in params.items() if k not in logged}
-    for i in range(0, len(new), 90):  # MLflow caps params per batch call
-        mlflow.log_params(dict(list(new.items())[i:i + 90]))
+    params = {k: v[:PARAM_VALUE_LIMIT] for k, v in cfg.flat_params().items()}
+    log_params(client, run.info.run_id, {k: v for k, v in params.items() if k not in logged})
     if existing:
         mlflow.set_tags({f"changed.{k}": f"{logged[k]} -> {v}"[:5000] for k, v in params.items()
                          if k in logged and logged[k] != v})

@@ -150,6 +150,33 @@ def test_run_status_marks_failed_killed_and_finished(mlflow_uri):
     assert statuses["crash"].data.tags[ERROR_TAG] == "ValueError: bad batch"
 
 
+def test_params_are_logged_in_batches_and_a_resume_adds_and_tags_instead_of_rewriting(tmp_path, mlflow_uri):
+    from endprompt_ray.config import load_config
+    from endprompt_ray.tracking import log_params, start_run
+
+    client = MlflowClient(mlflow_uri)  # the fixture also restores the process's tracking URI that start_run sets
+    run = client.create_run(client.create_experiment("batches"))
+    log_params(client, run.info.run_id, {f"p{i:03d}": "x" * (7000 if i == 0 else 1) for i in range(250)})
+    logged = client.get_run(run.info.run_id).data.params
+    assert len(logged) == 250 and len(logged["p000"]) == 6000  # 3 calls of at most 100; MLflow keeps 6000 chars
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "train.max_steps=4"])
+    try:
+        first = start_run(cfg)
+    finally:
+        mlflow.end_run()
+    params = client.get_run(first).data.params
+    assert len(params) == len(cfg.flat_params()) > 90 and params["train.max_steps"] == "4"
+    try:
+        again = start_run(load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "train.max_steps=6"]),
+                          resumed_at=4)
+    finally:
+        mlflow.end_run()
+    run = client.get_run(again)
+    assert again == first and run.data.params["train.max_steps"] == "4"  # write-once: the first start's stays
+    assert run.data.tags["changed.train.max_steps"] == "4 -> 6"
+
+
 def test_best_config_runs_unchanged_through_extend(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     spec = load_sweep(ROOT / "tune_spaces" / "anchor_space.yaml")

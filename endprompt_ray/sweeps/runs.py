@@ -12,12 +12,12 @@ import json
 import re
 import time
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from ..config import ExtendConfig
-from ..tracking import ERROR_TAG, experiment_id
+from ..tracking import ERROR_TAG, experiment_id, log_params
 from .cleanup import Reaper
 from .trial import FINAL, SWEEP_TAG, TRIAL_TAG
 
@@ -34,9 +34,7 @@ def open_parent(cfg: ExtendConfig, sweep_name: str, params: dict, continuing: bo
         client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     run = client.create_run(experiment, run_name=sweep_name, tags={SWEEP_TAG: sweep_name, ROLE_TAG: "parent"})
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 90):  # MLflow caps params per batch call
-        client.log_batch(run.info.run_id, params=items[i:i + 90])
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -108,8 +106,7 @@ class TrialRuns(Callback):
             run = client.create_run(exp.experiment_id, run_name=f"{self.sweep_name}-{trial.trial_id}",
                                     tags={"mlflow.parentRunId": self.parent_id, SWEEP_TAG: self.sweep_name,
                                           TRIAL_TAG: trial.trial_id})
-            client.log_batch(run.info.run_id, params=[Param(f"sweep.{k}", str(v)[:6000])
-                                                      for k, v in (trial.config or {}).items()])
+            log_params(client, run.info.run_id, {f"sweep.{k}": v for k, v in (trial.config or {}).items()})
         elif run.info.status != "RUNNING":
             return  # the trial's own process already ended it
         client.log_batch(run.info.run_id, tags=[RunTag(ERROR_TAG if status == "FAILED" else "endprompt.stopped",
