@@ -255,7 +255,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
-        return _build(hint, value, where)
+        return build_typed(hint, value, where)
     if hint is Any:
         return value
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
@@ -302,7 +302,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _build(cls, values: dict, where: str = ""):
+def build_typed(cls, values: dict, where: str = ""):
+    """A config dataclass from a mapping, every value checked against the field's type; an unknown key is a
+    ConfigError naming the valid ones. Fields left out keep their defaults."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -313,6 +315,16 @@ def _build(cls, values: dict, where: str = ""):
     default = cls()
     merged = {f.name: kwargs.get(f.name, getattr(default, f.name)) for f in dataclasses.fields(cls)}
     return cls(**merged)
+
+
+def apply_overrides(tree: dict, overrides: list[str], example: str) -> dict:
+    """`a.b=c` command-line overrides (values parsed as YAML) into a nested mapping; `example` shows the form."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set {example}")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw)
+    return tree
 
 
 def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
@@ -347,13 +359,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections (run:, model:, method: ...)")
-    set_tree: dict = {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set method.target_length=65536")
-        key, raw = item.split("=", 1)
-        _set_dotted(set_tree, key.strip(), raw)
-    cfg = _build(ExtendConfig, _deep_merge(tree, set_tree))
+    set_tree = apply_overrides({}, overrides or [], "method.target_length=65536")
+    cfg = build_typed(ExtendConfig, _deep_merge(tree, set_tree))
     # Relative paths mean "from where the command ran": pin them before Ray/Tune workers change directory.
     cfg.run.output_dir = _absolute(cfg.run.output_dir)
     cfg.data.paths = [_absolute(p) for p in cfg.data.paths]
@@ -366,7 +373,7 @@ def _absolute(path: str) -> str:
 
 def config_from_dict(values: dict) -> ExtendConfig:
     """Rebuild a config from `to_dict()` output (e.g. inside a Ray worker)."""
-    return _build(ExtendConfig, values)
+    return build_typed(ExtendConfig, values)
 
 
 def dump_yaml(cfg: ExtendConfig) -> str:

@@ -29,7 +29,7 @@ import yaml
 from ray import tune
 from ray.tune.search import Searcher
 
-from .config import ConfigError, _build, _set_dotted
+from .config import ConfigError, apply_overrides, build_typed
 from .longrope_search import FINISHED, Evolution, EvolutionSettings, FactorSpace, SearchError, critical_dim
 
 SEARCH_SEED = 4321  # the evaluation's held-out documents use 1234, training 0
@@ -112,12 +112,7 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
         tree = yaml.safe_load(p.read_text()) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"search file {p} must hold a mapping of settings (model:, target_length: ...)")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set population=64")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), raw)
-    return _build(RopeSearchSpec, tree).validate()
+    return build_typed(RopeSearchSpec, apply_overrides(tree, overrides or [], "population=64")).validate()
 
 
 @dataclass
