@@ -47,9 +47,10 @@ def write_hf_model(model, state: dict, tokenizer, target: Path, *, metadata: dic
         peft_model, state = model, merged_state_dict(state, spec)  # merged in float32, before the cast below
         model = model.get_base_model()  # its config is the base model's, scaled RoPE included
     state = {name: tensor.detach().to("cpu", torch.bfloat16) for name, tensor in state.items()}
-    model.config.dtype = torch.bfloat16
     model.config.use_cache = True  # training switched it off; generation wants it
     model.save_pretrained(target, state_dict=state, safe_serialization=True)
+    model.config.dtype = torch.bfloat16  # save_pretrained records the live (fp32 on CPU) parameters' dtype
+    model.config.save_pretrained(target)
     tokenizer.save_pretrained(target)
     (target / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     if peft_model is not None and spec.save_adapter:

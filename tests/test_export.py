@@ -121,7 +121,9 @@ def test_save_hf_model_writes_only_on_the_writer_rank(tiny_dir, tiny_tokenizer, 
 def test_a_plain_model_is_exported_as_before(tiny_dir, tiny_tokenizer, tmp_path):
     model = load_base(tiny_dir)
     write_hf_model(model, model.state_dict(), tiny_tokenizer, tmp_path, metadata={})
-    exported = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"  # what the weights are
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path, dtype="auto")
+    assert exported.dtype == torch.bfloat16
     for name, tensor in model.state_dict().items():
         assert torch.equal(exported.state_dict()[name], tensor.to(torch.bfloat16)), name
 
