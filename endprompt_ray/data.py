@@ -126,9 +126,21 @@ def read_records(cfg: DataConfig, tokenizer=None) -> tuple[ray.data.Dataset, str
         if cfg.text_field not in hf.column_names:
             raise ConfigError(f"HF dataset {paths[0]} has no column {cfg.text_field!r} (columns: {hf.column_names}); "
                               "set data.text_field")
-        return ray.data.from_huggingface(hf.select_columns([cfg.text_field])).rename_columns(
-            {cfg.text_field: RECORD}), fmt
+        return _read_arrow_shards([f["filename"] for f in hf.cache_files], cfg.text_field, cfg.cpus_per_task), fmt
     return _read_format([str(f) for f in files], fmt, cfg.text_field, cfg.cpus_per_task), fmt  # sorted: the order
+
+
+def _read_arrow_shards(files: list[str], text_field: str, num_cpus: float) -> ray.data.Dataset:
+    """The text column of a dataset saved with `save_to_disk`, read shard by shard in Ray tasks, in shard order.
+    (ray.data.from_huggingface would copy the whole table from the driver into the object store.) The shards are
+    Arrow streams; save_to_disk writes them with any select/shuffle already applied."""
+
+    def read(batch: dict) -> pa.Table:
+        return pa.concat_tables(pa.ipc.open_stream(pa.memory_map(str(path))).read_all().select([text_field])
+                                for path in batch["path"]).rename_columns([RECORD])
+
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
+        read, batch_size=1, num_cpus=num_cpus)
 
 
 def _check_parquet_column(path: str, text_field: str, filesystem=None) -> None:

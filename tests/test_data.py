@@ -68,12 +68,17 @@ def test_every_format_reads_the_same_documents(local_ray, tmp_path, tiny_tokeniz
     import datasets
 
     datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "hf"))
+    datasets.Dataset.from_dict({"text": docs, "id": list(range(6))}).save_to_disk(str(tmp_path / "hf3"), num_shards=3)
+    assert len(list((tmp_path / "hf3").glob("*.arrow"))) == 3
     cases = [([tmp_path / "txt"], {}), ([tmp_path / "c.parquet"], {"data.text_field": "content"}),
-             ([tmp_path / "hf"], {})]
+             ([tmp_path / "hf"], {}), ([tmp_path / "hf3"], {})]
+    fingerprints = set()
     for paths, extra in cases:
-        _, stats = build_stream(_cfg(paths, **extra), tiny_tokenizer)
+        source, stats = build_stream(_cfg(paths, **extra), tiny_tokenizer)
         report = data_report(stats)
         assert report["documents"] == 6, (paths, report)
+        fingerprints.add(source.fingerprint)  # the tokenised corpus, in order
+    assert len(fingerprints) == 1
 
 
 # ---- the training stream ---------------------------------------------------------------------------------------------
