@@ -26,7 +26,6 @@ from .rope import scaled_config
 from .train import deepspeed_config, make_trainer
 
 
-
 @dataclass
 class ExtendResult:
     run_name: str
