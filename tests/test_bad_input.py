@@ -129,3 +129,17 @@ def test_an_elastic_range_with_counts_that_cannot_keep_the_global_batch_is_warne
     assert "warning: train.num_workers=[2, 8]" in err and "3, 5, 6, 7 worker(s) cannot keep the global batch of 16" in err
     preflight(load_config(None, ["train.num_workers=[1, 2]", "train.micro_batch_size=2"]))
     assert capsys.readouterr().err == ""
+
+
+def test_gpu_training_with_evaluation_in_a_driver_without_gpu_is_warned_before_training(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the driver sees a GPU here: nothing to warn about")
+    preflight(load_config(None, ["train.use_gpu=true"]))  # GPU workers, evaluation up to L = 2048 after training
+    err = capsys.readouterr().err
+    assert "warning: the evaluation after training runs in this driver process, which sees no GPU" in err
+    assert "up to 2048 tokens on CPU" in err and "--entrypoint-num-gpus 1" in err and "evaluate.py --model" in err
+    for quiet in (["train.use_gpu=true", "eval.enabled=false"], []):  # no evaluation; CPU training evaluates on CPU
+        preflight(load_config(None, quiet))
+        assert "evaluation after training" not in capsys.readouterr().err
