@@ -145,9 +145,14 @@ class ExtendConfig:
         return 0 if self.method.kind == "rope_only" else self.train.max_steps
 
     @property
-    def max_workers(self) -> int:
+    def worker_range(self) -> tuple[int, int] | None:
+        """(min, max) of an elastic train.num_workers; None for a fixed count."""
         workers = self.train.num_workers
-        return workers[1] if isinstance(workers, list) else workers
+        return tuple(workers) if isinstance(workers, (list, tuple)) else None
+
+    @property
+    def max_workers(self) -> int:
+        return self.worker_range[1] if self.worker_range else self.train.num_workers
 
     @property
     def global_batch(self) -> int:
@@ -157,10 +162,10 @@ class ExtendConfig:
 
     def uneven_worker_counts(self) -> list[int]:
         """Counts of a [min, max] range that cannot keep the global batch: a resize to one of them fails to start."""
-        workers = self.train.num_workers
-        if not isinstance(workers, (list, tuple)):
+        if self.worker_range is None:
             return []
-        return [n for n in range(workers[0], workers[1]) if self.global_batch % (self.train.micro_batch_size * n)]
+        low, high = self.worker_range
+        return [n for n in range(low, high) if self.global_batch % (self.train.micro_batch_size * n)]
 
     @property
     def storage_path(self) -> str:
@@ -212,8 +217,8 @@ class ExtendConfig:
         for name in ("micro_batch_size", "gradient_accumulation_steps", "checkpoint_every", "report_every"):
             if getattr(t, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1")
-        if isinstance(workers, (list, tuple)):
-            if self.global_batch % (t.micro_batch_size * workers[0]):
+        if self.worker_range:
+            if workers[0] in self.uneven_worker_counts():
                 raise ConfigError(
                     f"train.num_workers={list(workers)}: the global batch of {self.global_batch} samples (micro-batch "
                     f"{t.micro_batch_size} x accumulation {t.gradient_accumulation_steps} x {workers[1]} workers) "

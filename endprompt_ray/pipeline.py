@@ -106,6 +106,8 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None, train_callbac
 
 def preflight(cfg: ExtendConfig) -> None:
     """Checks that would otherwise fail inside every training worker: fail once, here, with the clear message."""
+    import torch
+
     model_config = scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length,
                                  cfg.rope)
     check_runtime(cfg, model_config)
@@ -121,7 +123,7 @@ def preflight(cfg: ExtendConfig) -> None:
               f"and {', '.join(map(str, uneven))} worker(s) cannot keep the global batch of {cfg.global_batch} "
               f"samples (a group of that size fails to start); raise train.gradient_accumulation_steps or narrow "
               f"the range to avoid it", file=sys.stderr)
-    if cfg.eval.enabled and cfg.train.use_gpu and not _driver_has_gpu():  # e.g. the CPU-only head of cluster/aws.yaml
+    if cfg.eval.enabled and cfg.train.use_gpu and not torch.cuda.is_available():  # the CPU-only head of aws.yaml
         print(f"warning: the evaluation after training runs in this driver process, which sees no GPU: every model "
               f"variant would be scored at up to {max(cfg.eval.lengths or [cfg.method.target_length])} tokens on "
               f"CPU. To score on a GPU node, set "
@@ -131,12 +133,6 @@ def preflight(cfg: ExtendConfig) -> None:
     if uses_flash_path(cfg.model.attn_implementation) and not cfg.train.use_gpu:
         raise ConfigError(f"model.attn_implementation={cfg.model.attn_implementation} is a flash-attention kernel and "
                           "needs GPUs: set train.use_gpu=true or use model.attn_implementation=sdpa")
-
-
-def _driver_has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def format_summary(res: ExtendResult) -> str:

@@ -297,9 +297,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def scaling_config(cfg: ExtendConfig) -> ScalingConfig:
-    t = cfg.train
-    elastic = isinstance(t.num_workers, list)
-    return ScalingConfig(num_workers=tuple(t.num_workers) if elastic else t.num_workers, use_gpu=t.use_gpu,
+    t, elastic = cfg.train, cfg.worker_range
+    return ScalingConfig(num_workers=elastic or t.num_workers, use_gpu=t.use_gpu,
                          resources_per_worker={"CPU": t.cpus_per_worker},
                          **({"elastic_resize_monitor_interval_s": t.elastic_resize_interval_s} if elastic else {}))
 
