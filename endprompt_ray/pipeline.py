@@ -73,7 +73,11 @@ def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None, train_callbac
     preflight(cfg)
     source, stats = build_stream(cfg, tokenizer)
     identity = run_identity(cfg, source.fingerprint, f"{type(tokenizer).__name__}, vocab {len(tokenizer)}")
-    previous = latest_progress(cfg.storage_path, cfg.run.name)
+    incomplete: list[str] = []
+    previous = latest_progress(cfg.storage_path, cfg.run.name, incomplete)
+    for path in incomplete:
+        print(f"warning: {path} is cut short (a checkpoint whose copy to storage was interrupted); Ray Train does "
+              "not restore it, the latest complete checkpoint is used", file=sys.stderr)
     if previous is not None:
         check_resume(previous, identity, cfg)
         resized = (f"; train.num_workers={cfg.train.num_workers} now, the global batch of {previous.global_batch} "

@@ -79,9 +79,11 @@ def check_resume(saved: Progress, current: dict, cfg: ExtendConfig) -> None:
         "this checkpoint with the new settings")
 
 
-def latest_progress(storage_path: str, run_name: str) -> Progress | None:
+def latest_progress(storage_path: str, run_name: str, incomplete: list[str] | None = None) -> Progress | None:
     """The progress of the run's latest checkpoint (highest step), read from its storage (a local folder or any
-    filesystem pyarrow opens, e.g. s3://); None when the run has none."""
+    filesystem pyarrow opens, e.g. s3://); None when the run has none. A checkpoint whose progress file is missing or
+    cut short is one still being copied to storage, or whose copy was interrupted (a stopped job): Ray Train never
+    registered it and will not restore it, so it is skipped; its path is appended to `incomplete` when given."""
     import pyarrow.fs as pafs
 
     fs, root = pafs.FileSystem.from_uri(storage_path) if "://" in storage_path \
@@ -97,5 +99,12 @@ def latest_progress(storage_path: str, run_name: str) -> Progress | None:
         if fs.get_file_info(path).type != pafs.FileType.File:
             continue  # a checkpoint being written, or one from before progress files
         with fs.open_input_stream(path) as stream:
-            found.append(Progress.from_dict(json.loads(stream.read()), path))
+            text = stream.read()
+        try:
+            raw = json.loads(text)
+        except ValueError:  # cut short mid-copy
+            if incomplete is not None:
+                incomplete.append(path)
+            continue
+        found.append(Progress.from_dict(raw, path))
     return max(found, key=lambda p: p.step) if found else None

@@ -23,7 +23,15 @@ from endprompt_ray.resume import latest_progress
 
 def main(out_dir: Path, overrides: list[str]) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    ray.init(address=cluster.address, log_to_driver=False)
+    try:  # shut down however the run ends: a cluster left behind is what the next `ray.init()` on this host joins
+        ray.init(address=cluster.address, log_to_driver=False)
+        run(out_dir, overrides, cluster)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def run(out_dir: Path, overrides: list[str], cluster: Cluster) -> None:
     cfg = load_config(None, [f"run.output_dir={out_dir}", *overrides])
     outcome: dict = {}
 
@@ -34,7 +42,7 @@ def main(out_dir: Path, overrides: list[str]) -> None:
             outcome["error"] = err
 
     started = time.perf_counter()
-    training = threading.Thread(target=train)
+    training = threading.Thread(target=train, daemon=True)
     training.start()
     # the second checkpoint on storage means Ray Train has registered the first: a resize restores one of them (a
     # resize decided while a report is still in flight restores the previous registered checkpoint, or none)
@@ -57,8 +65,6 @@ def main(out_dir: Path, overrides: list[str]) -> None:
         "run_id": result.mlflow_run_id, "reference_run_id": reference.mlflow_run_id, "tracking_uri": result.tracking_uri,
         "final_step": result.final_metrics["step"], "after_checkpoint_step": outcome.get("after_checkpoint_step"),
         "added_at_s": outcome.get("added_at_s"), "wall_s": round(time.perf_counter() - started, 1)}))
-    ray.shutdown()
-    cluster.shutdown()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def test_latest_progress_is_the_highest_step_of_the_run(tmp_path):
     (run / "checkpoint_tmp_being_written").mkdir()  # no progress file yet: ignored
     latest = latest_progress(str(tmp_path / "store"), "r1")
     assert (latest.step, latest.samples, latest.world_size, latest.identity) == (6, 48, 2, {"a": "1"})
+    # a copy to storage stopped partway (or still going): skipped and reported, not a JSON error
+    (run / "checkpoint_cut_short").mkdir()
+    (run / "checkpoint_cut_short" / "progress.json").write_text('{"global_batch": 8, "identity": {"a": "1"}, "sa')
+    incomplete = []
+    assert latest_progress(str(tmp_path / "store"), "r1", incomplete).step == 6
+    assert incomplete == [str(run / "checkpoint_cut_short" / "progress.json")]
     (run / "checkpoint_old").mkdir()
     (run / "checkpoint_old" / "progress.json").write_text(json.dumps({"step": 9}))  # an older format
     with pytest.raises(ValueError, match="older version.*start a fresh run"):
