@@ -115,8 +115,9 @@ def log_data_report(report: dict[str, int]) -> None:
 
 @contextmanager
 def run_status(run_id: str):
-    """End the active run FINISHED when the block completes, KILLED when it is interrupted (Ctrl-C, a stopped job),
-    FAILED with the error as a tag when it raises: a crashed run must not read as a finished one."""
+    """End the active run FINISHED when the block completes, KILLED when it is interrupted (Ctrl-C, a stopped job)
+    or was marked KILLED from outside before it raised, FAILED with the error as a tag when it raises: a crashed run
+    must not read as a finished one."""
     status = "FAILED"
     try:
         yield
@@ -125,7 +126,10 @@ def run_status(run_id: str):
         status = "KILLED"
         raise
     except BaseException as err:
-        MlflowClient().set_tag(run_id, ERROR_TAG, error_text(err))
+        if MlflowClient().get_run(run_id).info.status == "KILLED":
+            status = "KILLED"  # stopped from outside first (a sweep's scheduler): this error is how the stop arrived
+        else:
+            MlflowClient().set_tag(run_id, ERROR_TAG, error_text(err))
         raise
     finally:
         mlflow.end_run(status)

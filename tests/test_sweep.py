@@ -150,6 +150,38 @@ def test_run_status_marks_failed_killed_and_finished(mlflow_uri):
     assert statuses["crash"].data.tags[ERROR_TAG] == "ValueError: bad batch"
 
 
+def test_a_trial_stopped_by_the_scheduler_reads_killed_whichever_side_ends_its_run_first(mlflow_uri):
+    """Tune stopping a trial and the trial's process failing on the way out race: the run must end KILLED."""
+    from ray.tune.experiment import Trial
+
+    from endprompt_ray.sweeps.runs import TrialRuns, open_parent
+    from endprompt_ray.sweeps.trial import SWEEP_TAG, TRIAL_TAG
+
+    cfg = load_config(None, [f"tracking.tracking_uri={mlflow_uri}"])
+    client = MlflowClient(mlflow_uri)
+    parent = open_parent(cfg, "race", {}, continuing=False)
+    runs = TrialRuns(mlflow_uri, cfg.tracking.experiment, parent, "race", labels={}, metric="m", total=2, echo=False)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    ended = {}
+    for trial_id, driver_first in (("driver_first", True), ("process_first", False)):
+        run_id = mlflow.start_run(experiment_id=experiment, run_name=trial_id, tags={
+            "mlflow.parentRunId": parent, SWEEP_TAG: "race", TRIAL_TAG: trial_id}).info.run_id
+        trial = Trial("run_trial", config={"case": trial_id}, trial_id=trial_id, stub=True)
+        if driver_first:
+            runs._mark(trial, "KILLED", "stopped by the scheduler at step 2")
+        with pytest.raises(RuntimeError):
+            with run_status(run_id):
+                raise RuntimeError("the Train controller died")  # how the stop reaches the trial's thread
+        if not driver_first:
+            assert client.get_run(run_id).info.status == "FAILED"
+            runs._mark(trial, "KILLED", "stopped by the scheduler at step 2")
+        ended[trial_id] = client.get_run(run_id)
+    assert {k: r.info.status for k, r in ended.items()} == {"driver_first": "KILLED", "process_first": "KILLED"}
+    assert not any(ERROR_TAG in r.data.tags for r in ended.values())
+    assert ended["process_first"].data.tags["endprompt.stopped"] == (
+        "stopped by the scheduler at step 2 (its process then ended with: RuntimeError: the Train controller died)")
+
+
 def test_params_are_logged_in_batches_and_a_resume_adds_and_tags_instead_of_rewriting(tmp_path, mlflow_uri):
     from endprompt_ray.config import load_config
     from endprompt_ray.tracking import log_params, start_run

@@ -107,6 +107,11 @@ class TrialRuns(Callback):
                                     tags={"mlflow.parentRunId": self.parent_id, SWEEP_TAG: self.sweep_name,
                                           TRIAL_TAG: trial.trial_id})
             log_params(client, run.info.run_id, {f"sweep.{k}": v for k, v in (trial.config or {}).items()})
+        elif status == "KILLED" and run.info.status == "FAILED":
+            # Tune stopped it and its process then failed on the way out (the stop reaching it): it was stopped
+            why += f" (its process then ended with: {run.data.tags.get(ERROR_TAG, 'no error recorded')})"
+            if ERROR_TAG in run.data.tags:
+                client.delete_tag(run.info.run_id, ERROR_TAG)
         elif run.info.status != "RUNNING":
             return  # the trial's own process already ended it
         client.log_batch(run.info.run_id, tags=[RunTag(ERROR_TAG if status == "FAILED" else "endprompt.stopped",
