@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -50,7 +51,28 @@ def connect_ray(**kwargs) -> None:
     if not ray.is_initialized():
         if os.environ.get("ENDPROMPT_QUIET"):
             kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
+        if "address" not in kwargs and not os.environ.get("RAY_ADDRESS"):
+            check_recorded_cluster()
         ray.init(**kwargs)
+
+
+def check_recorded_cluster(timeout_s: float = 3.0) -> None:
+    """With no address, `ray.init()` joins the cluster this machine last started with `ray start` (Ray records its
+    address in a file), and waits many minutes for one that has died. Fail at once instead, saying how to go on."""
+    from ray._common.utils import get_ray_address_file  # no public accessor for the recorded address
+    from ray._private.utils import read_ray_address
+
+    recorded = read_ray_address()
+    if not recorded:
+        return
+    host, _, port = recorded.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"no Ray answers at {recorded}, the cluster this machine last started with `ray start` (recorded in "
+            f"{get_ray_address_file(None)}), which Ray joins when no address is given: start it again "
+            "(`ray start --head`), forget it (`ray stop`), or set RAY_ADDRESS=local to run on a new local Ray") from None
 
 
 def ray_logs_dir() -> str:

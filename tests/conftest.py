@@ -6,6 +6,9 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# every test (and every process it starts) gets its own local Ray, never the cluster a `ray start` on this machine
+# recorded, which a plain ray.init() would join (or wait minutes for, had it died)
+os.environ["RAY_ADDRESS"] = "local"
 
 FIRST = "test_dependencies.py"  # a missing package must fail in seconds, not after the slow end-to-end tests
 

@@ -143,3 +143,30 @@ def test_gpu_training_with_evaluation_in_a_driver_without_gpu_is_warned_before_t
     for quiet in (["train.use_gpu=true", "eval.enabled=false"], []):  # no evaluation; CPU training evaluates on CPU
         preflight(load_config(None, quiet))
         assert "evaluation after training" not in capsys.readouterr().err
+
+
+def test_a_dead_cluster_recorded_by_ray_start_is_one_clear_error_not_a_long_wait(tmp_path):
+    """A plain ray.init() joins the cluster whose address `ray start` recorded, and waits minutes for a dead one."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    (ray_tmp / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    extend = Path(__file__).resolve().parent.parent / "pipelines" / "extend.py"
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(extend), "--set", f"run.output_dir={tmp_path / 'out'}"],
+                          env={**env, "RAY_TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and time.perf_counter() - started < 60
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: no Ray answers at 127.0.0.1:{port}, the cluster this machine last started with `ray start` "
+        f"(recorded in {ray_tmp / 'ray_current_cluster'}), which Ray joins when no address is given: start it again "
+        "(`ray start --head`), forget it (`ray stop`), or set RAY_ADDRESS=local to run on a new local Ray")

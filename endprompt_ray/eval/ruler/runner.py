@@ -100,8 +100,9 @@ def _predict_with_ray(model_dir: str, jobs, settings: RulerSettings, workers: in
     from ray.util import ActorPool
     from tqdm.auto import tqdm
 
-    if not ray.is_initialized():
-        ray.init()  # attaches to the cluster under `ray job submit`, else starts a local one
+    from ...pipeline import connect_ray
+
+    connect_ray()  # attaches to the cluster under `ray job submit`, else starts a local one
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     actor = ray.remote(num_gpus=gpus, num_cpus=1)(_Predictor)
     pool = ActorPool([actor.remote(model_dir, settings.batch_size) for _ in range(workers)])
