@@ -126,13 +126,21 @@ def run_status(run_id: str):
         status = "KILLED"
         raise
     except BaseException as err:
-        if MlflowClient().get_run(run_id).info.status == "KILLED":
+        if _stored_status(run_id) == "KILLED":
             status = "KILLED"  # stopped from outside first (a sweep's scheduler): this error is how the stop arrived
         else:
             MlflowClient().set_tag(run_id, ERROR_TAG, error_text(err))
         raise
     finally:
         mlflow.end_run(status)
+
+
+def _stored_status(run_id: str) -> str | None:
+    """The run's status in the store, None if the store cannot say (it may be what failed): the error is re-raised."""
+    try:
+        return MlflowClient().get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 - never mask the error being handled
+        return None
 
 
 def error_text(err: BaseException, limit: int = 4000) -> str:
