@@ -340,7 +340,7 @@ def run_search(spec: RopeSearchSpec, resume: bool = False, trial_cpus: float = 0
     import ray
 
     from .longrope_report import SearchReporter, finish, write_plan
-    from .pipeline import connect_ray
+    from .ray_session import connect_ray
 
     started = time.perf_counter()
     plan = make_plan(spec)

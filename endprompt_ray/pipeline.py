@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import ray
 
 from . import tracking
 from .config import ConfigError, ExtendConfig, dump_yaml
@@ -22,6 +20,7 @@ from .export import export_from_checkpoint
 from .forward import uses_flash_path
 from .modeling import load_config, load_tokenizer
 from .progress import training_bar
+from .ray_session import connect_ray
 from .resume import check_resume, latest_progress, run_identity
 from .rope import scaled_config
 from .train import deepspeed_config, make_trainer
@@ -43,43 +42,6 @@ class ExtendResult:
     def ruler(self) -> dict:
         """The trained model's RULER summary: {"overall", "averages", "covered_tasks", "skipped", "files"}."""
         return self.evaluation.ruler if self.evaluation else {}
-
-
-def connect_ray(**kwargs) -> None:
-    """Attach to a running cluster (RAY_ADDRESS, `ray job submit`, or a local `ray start`), else start a local one.
-    After `quiet_logs`, Ray processes' output stays in Ray's log files instead of the console."""
-    if not ray.is_initialized():
-        if os.environ.get("ENDPROMPT_QUIET"):
-            kwargs = {"log_to_driver": False, "logging_level": logging.WARNING, **kwargs}
-        if "address" not in kwargs and not os.environ.get("RAY_ADDRESS"):
-            check_recorded_cluster()
-        ray.init(**kwargs)
-
-
-def check_recorded_cluster(timeout_s: float = 3.0) -> None:
-    """With no address, `ray.init()` joins the cluster this machine last started with `ray start` (Ray records its
-    address in a file), and waits many minutes for one that has died. Fail at once instead, saying how to go on."""
-    from ray._common.utils import get_ray_address_file  # no public accessor for the recorded address
-    from ray._private.utils import read_ray_address
-
-    recorded = read_ray_address()
-    if not recorded:
-        return
-    host, _, port = recorded.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError):
-        raise ConfigError(
-            f"no Ray answers at {recorded}, the cluster this machine last started with `ray start` (recorded in "
-            f"{get_ray_address_file(None)}), which Ray joins when no address is given: start it again "
-            "(`ray start --head`), forget it (`ray stop`), or set RAY_ADDRESS=local to run on a new local Ray") from None
-
-
-def ray_logs_dir() -> str:
-    """Where this Ray session keeps every process's output (the node this driver runs on)."""
-    from ray._private.worker import _global_node  # no public accessor for the session directory
-
-    return _global_node.get_logs_dir_path() if _global_node is not None else "/tmp/ray/session_latest/logs"
 
 
 def run_extend(cfg: ExtendConfig, mlflow_tags: dict | None = None, train_callbacks: list | None = None,

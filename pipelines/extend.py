@@ -16,7 +16,8 @@ import argparse
 import sys
 
 from endprompt_ray.config import ConfigError, dump_yaml, load_config
-from endprompt_ray.pipeline import format_summary, quiet_logs, ray_logs_dir, run_extend
+from endprompt_ray.pipeline import format_summary, quiet_logs, run_extend
+from endprompt_ray.ray_session import ray_logs_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -69,5 +69,7 @@ def _run_driver(out_dir: Path, overrides: list[str], timeout_s: float = 900) -> 
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
-        if read_ray_address() != pointer:
-            reset_ray_address() if pointer is None else write_ray_address(pointer)
+        if pointer is None:
+            reset_ray_address()
+        elif read_ray_address() != pointer:
+            write_ray_address(pointer)

@@ -65,7 +65,7 @@ def _check_same_sweep(spec: SweepSpec, sweep_dir: Path, experiment_path: str) ->
 
 
 def run_sweep(spec: SweepSpec, retry_failed: bool = False, echo: bool = True) -> SweepOutcome:
-    from ..pipeline import connect_ray
+    from ..ray_session import connect_ray
 
     import ray
 

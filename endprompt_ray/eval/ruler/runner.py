@@ -100,7 +100,7 @@ def _predict_with_ray(model_dir: str, jobs, settings: RulerSettings, workers: in
     from ray.util import ActorPool
     from tqdm.auto import tqdm
 
-    from ...pipeline import connect_ray
+    from ...ray_session import connect_ray
 
     connect_ray()  # attaches to the cluster under `ray job submit`, else starts a local one
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
