@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from endprompt_ray.anchoring import AnchorSpec, build_samples, sample_keys, to_flat, uniform_draws
+from endprompt_ray.method.anchoring import AnchorSpec, build_samples, sample_keys, to_flat, uniform_draws
 
 
 def per_token_reference(documents, spec: AnchorSpec) -> dict[str, np.ndarray]:

@@ -26,10 +26,11 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the reference is single-thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from endprompt_ray.config import ConfigError, load_config  # noqa: E402
-from endprompt_ray.data import build_dataset, data_report  # noqa: E402
-from endprompt_ray.demo_corpus import generate_documents  # noqa: E402
-from endprompt_ray.modeling import load_tokenizer  # noqa: E402
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.corpora.reports import generate_documents  # noqa: E402
+from endprompt_ray.data.dataset import build_dataset, data_report  # noqa: E402
+from endprompt_ray.errors import ConfigError  # noqa: E402
+from endprompt_ray.models.loading import load_tokenizer  # noqa: E402
 
 WARMUP_DOCS = 64
 CONSUMER_BATCH = 64  # rows per batch the consumer pulls, as a trainer shard iterator would

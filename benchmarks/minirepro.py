@@ -91,8 +91,8 @@ def base_overrides(args, run: Run) -> list[str]:
 def run_one(run: Run, args, parent_id: str) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from endprompt_ray.config import load_config
-    from endprompt_ray.pipeline import run_extend
+    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.jobs.extend import run_extend
 
     cfg = load_config(args.config, base_overrides(args, run))
     started = time.perf_counter()
@@ -153,9 +153,9 @@ def markdown(rows: list[dict], lengths: list[int]) -> str:
 
 
 def plot(rows: list[dict], lengths: list[int], out: Path) -> list[Path]:
-    from endprompt_ray.eval.ruler.plots import _pyplot
+    from endprompt_ray.plotting import pyplot
 
-    plt, L = _pyplot(), max(lengths)
+    plt, L = pyplot(), max(lengths)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         points = [(n, r[f"passkey@{n}"]) for n in lengths if f"passkey@{n}" in r]
@@ -189,10 +189,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from mlflow.tracking import MlflowClient
 
-    from endprompt_ray.config import load_config
-    from endprompt_ray.evaluation import eval_lengths
-    from endprompt_ray.pipeline import quiet_logs
-    from endprompt_ray.tracking import experiment_id
+    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.eval.compare import eval_lengths
+    from endprompt_ray.jobs.extend import quiet_logs
+    from endprompt_ray.runtime.tracking import experiment_id
 
     args.output.mkdir(parents=True, exist_ok=True)
     quiet_logs(args.output / "minirepro.log")

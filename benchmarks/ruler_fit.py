@@ -22,7 +22,7 @@ from endprompt_ray.eval.ruler.fitting import Draft, Fitted, TokenCounter, TooSho
 from endprompt_ray.eval.ruler.samples import generate_samples  # noqa: E402
 from endprompt_ray.eval.ruler.sources import Sources  # noqa: E402
 from endprompt_ray.eval.ruler.tasks import ALL_TASKS  # noqa: E402
-from endprompt_ray.modeling import load_tokenizer  # noqa: E402
+from endprompt_ray.models.loading import load_tokenizer  # noqa: E402
 
 
 def naive_fit(draft: Draft, counter: TokenCounter, budget: int, target: int | None = None) -> Fitted:

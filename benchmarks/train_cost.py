@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from endprompt_ray.config import ConfigError, load_config  # noqa: E402
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.errors import ConfigError  # noqa: E402
 
 METHODS = ("endprompt", "contiguous", "full_length")
 EXTENSION = 8  # L = 8P
@@ -63,7 +64,7 @@ def after_warmup(history, warmup: int) -> list[float]:
 def measure(kind: str, args: argparse.Namespace, workdir: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from endprompt_ray.pipeline import run_extend
+    from endprompt_ray.jobs.extend import run_extend
 
     cfg = method_config(kind, args, workdir)
     result = run_extend(cfg)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from endprompt_ray.pipeline import quiet_logs
+    from endprompt_ray.jobs.extend import quiet_logs
 
     quiet_logs()  # the console keeps the progress bars and the JSON; Ray's processes log to Ray's log files
     main()

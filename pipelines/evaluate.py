@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout even when not pip-installed
 
-from endprompt_ray.config import ExtendConfig  # noqa: E402
+from endprompt_ray.config.schema import ExtendConfig  # noqa: E402
 from endprompt_ray.eval.ruler.tasks import ALL_TASKS  # noqa: E402
 
 # The seed pipelines/extend.py evaluates with (run.seed), so that by default both draw the same RULER and passkey
@@ -97,7 +97,7 @@ def evaluate(args: argparse.Namespace) -> list[str]:
     from endprompt_ray.eval.passkey import PasskeySettings, format_passkey, run_passkey
     from endprompt_ray.eval.perplexity import PerplexitySettings, format_perplexity, run_perplexity
     from endprompt_ray.eval.ruler import RulerSettings, format_table, run_ruler
-    from endprompt_ray.modeling import load_config, resolve_model_path
+    from endprompt_ray.models.loading import load_config, resolve_model_path
 
     suites = _suites(args)
     path = resolve_model_path(args.model)
@@ -145,7 +145,7 @@ def _log(args: argparse.Namespace, path: str, lengths: list[int], results: dict)
     from endprompt_ray.eval.passkey import log_passkey_to_mlflow
     from endprompt_ray.eval.perplexity import log_perplexity_to_mlflow
     from endprompt_ray.eval.ruler import log_ruler_to_mlflow
-    from endprompt_ray.tracking import experiment_id
+    from endprompt_ray.runtime.tracking import experiment_id
 
     loggers = {"ruler": log_ruler_to_mlflow, "passkey": log_passkey_to_mlflow, "report_code": log_passkey_to_mlflow,
                "ppl": log_perplexity_to_mlflow, "longbench": log_longbench_to_mlflow}
@@ -162,7 +162,7 @@ def _log(args: argparse.Namespace, path: str, lengths: list[int], results: dict)
 def main(argv=None) -> int:
     args = parse_args(argv)
     from endprompt_ray.eval.errors import EvalInputError
-    from endprompt_ray.modeling import ModelLoadError
+    from endprompt_ray.errors import ModelLoadError
 
     try:
         tables = evaluate(args)

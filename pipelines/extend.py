@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from endprompt_ray.config import ConfigError, dump_yaml, load_config
-from endprompt_ray.pipeline import format_summary, quiet_logs, run_extend
-from endprompt_ray.ray_session import ray_logs_dir
+from endprompt_ray.config.schema import dump_yaml, load_config
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.jobs.extend import format_summary, quiet_logs, run_extend
+from endprompt_ray.runtime.ray_session import ray_logs_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

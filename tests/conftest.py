@@ -30,14 +30,14 @@ def local_ray():
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from endprompt_ray.modeling import load_tokenizer
+    from endprompt_ray.models.loading import load_tokenizer
 
     return load_tokenizer("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_dir():
-    from endprompt_ray.modeling import tiny_model_dir
+    from endprompt_ray.models.loading import tiny_model_dir
 
     return str(tiny_model_dir())
 

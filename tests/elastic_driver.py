@@ -16,9 +16,9 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from endprompt_ray.config import load_config
-from endprompt_ray.pipeline import run_extend
-from endprompt_ray.resume import latest_progress
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.jobs.extend import run_extend
+from endprompt_ray.training.resume import latest_progress
 
 
 def main(out_dir: Path, overrides: list[str]) -> None:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from endprompt_ray.anchoring import (IGNORE_INDEX, AnchorError, AnchorSpec, build_samples, cut_to_span,
-                                     pack_short_documents, sample_keys, to_flat, uniform_draws)
+from endprompt_ray.method.anchoring import (AnchorError, AnchorSpec, IGNORE_INDEX, build_samples, cut_to_span,
+                                            pack_short_documents, sample_keys, to_flat, uniform_draws)
 
 
 def spec(**kw):

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from endprompt_ray.anchoring import AnchorSpec, build_samples
-from endprompt_ray.forward import attention_kwargs, training_forward, uses_flash_path
-from endprompt_ray.modeling import (ModelLoadError, check_attn_implementation, enable_activation_checkpointing,
-                                    load_config, load_model, load_tokenizer)
-from endprompt_ray.rope import RopeScaling, scaled_config
+from endprompt_ray.errors import ModelLoadError
+from endprompt_ray.method.anchoring import AnchorSpec, build_samples
+from endprompt_ray.models.attention import check_attn_implementation, uses_flash_path
+from endprompt_ray.models.loading import enable_activation_checkpointing, load_config, load_model, load_tokenizer
+from endprompt_ray.rope.scaling import RopeScaling, scaled_config
+from endprompt_ray.training.forward import attention_kwargs, training_forward
 
 P, L = 64, 2048
 

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from endprompt_ray.anchoring import AnchorError
-from endprompt_ray.config import ConfigError, DataConfig, load_config
-from endprompt_ray.data import anchor_spec, read_records
-from endprompt_ray.modeling import ModelLoadError, load_tokenizer
-from endprompt_ray.pipeline import preflight
-from endprompt_ray.rope import RopeError
+from endprompt_ray.config.schema import DataConfig, load_config
+from endprompt_ray.data.dataset import anchor_spec, read_records
+from endprompt_ray.errors import ConfigError, ModelLoadError, RopeError
+from endprompt_ray.jobs.extend import preflight
+from endprompt_ray.method.anchoring import AnchorError
+from endprompt_ray.models.loading import load_tokenizer
 
 
 def test_unknown_key_in_yaml(tmp_path):

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from endprompt_ray.config import ConfigError, config_from_dict, load_config
-from endprompt_ray.train import deepspeed_config, scaling_config
+from endprompt_ray.config.schema import config_from_dict, load_config
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.training.trainer import deepspeed_config, scaling_config
 
 
 def test_s3_storage_and_elastic_workers():

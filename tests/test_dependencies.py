@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import endprompt_ray
-from endprompt_ray.config import load_config
-from endprompt_ray.deps import MissingDependency, Probe, check_runtime, missing_package, run_probes
-from endprompt_ray.modeling import load_config as load_model_config
-from endprompt_ray.rope import ROPE_TYPES, scaled_config
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.jobs.preflight import MissingDependency, Probe, check_runtime, missing_package, run_probes
+from endprompt_ray.models.loading import load_config as load_model_config
+from endprompt_ray.rope.scaling import ROPE_TYPES, scaled_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED_CONFIGS = sorted(p.name for p in (ROOT / "configs" / "deepspeed").glob("*.json"))
@@ -22,7 +22,7 @@ DEEPSPEED_CONFIGS = sorted(p.name for p in (ROOT / "configs" / "deepspeed").glob
 
 def test_every_module_imports():
     names = [m.name for m in pkgutil.walk_packages(endprompt_ray.__path__, "endprompt_ray.")]
-    assert "endprompt_ray.train" in names and "endprompt_ray.eval.ruler.runner" in names
+    assert "endprompt_ray.training.trainer" in names and "endprompt_ray.eval.ruler.runner" in names
     for name in names:
         importlib.import_module(name)
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from ray._common.utils import reset_ray_address
 from ray._private.utils import read_ray_address, write_ray_address
 
-from endprompt_ray.resume import latest_progress
+from endprompt_ray.training.resume import latest_progress
 
 pytestmark = pytest.mark.slow
 DRIVER = Path(__file__).with_name("elastic_driver.py")

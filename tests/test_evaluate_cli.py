@@ -40,7 +40,7 @@ def test_probe_suites(cli, tiny_dir, tmp_path, capsys, one_thread, mlflow_uri):
 
 
 def test_perplexity_from_a_file_and_bad_suites(cli, tiny_dir, tmp_path, capsys, one_thread):
-    from endprompt_ray.demo_corpus import generate_documents
+    from endprompt_ray.corpora.reports import generate_documents
 
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(json.dumps({"text": t}) + "\n" for t in generate_documents(3, seed=9)))
@@ -58,8 +58,8 @@ def test_perplexity_from_a_file_and_bad_suites(cli, tiny_dir, tmp_path, capsys, 
 def test_seed_default_matches_extend(cli):
     """pipelines/evaluate.py and run_extend (its default config, as pipelines/extend.py loads it) draw the same
     RULER and passkey samples by default."""
-    from endprompt_ray.config import ExtendConfig, load_config
-    from endprompt_ray.evaluation import ruler_settings
+    from endprompt_ray.config.schema import ExtendConfig, load_config
+    from endprompt_ray.eval.compare import ruler_settings
 
     extend_seed = ruler_settings(load_config(None)).seed
     assert cli.parse_args(["--model", "x"]).seed == extend_seed == ExtendConfig().run.seed

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from endprompt_ray.config import load_config
-from endprompt_ray.evaluation import EvalReport, eval_lengths, format_comparison, run_suites, write_comparison
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.eval.compare import EvalReport, eval_lengths, format_comparison, run_suites, write_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -33,9 +33,9 @@ def test_dynamic_ntk_scores_do_not_depend_on_what_ran_before(tmp_path):
     import torch
 
     from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
-    from endprompt_ray.modeling import load_config as load_model_config
-    from endprompt_ray.modeling import load_model, load_tokenizer
-    from endprompt_ray.rope import scaled_config
+    from endprompt_ray.models.loading import load_config as load_model_config
+    from endprompt_ray.models.loading import load_model, load_tokenizer
+    from endprompt_ray.rope.scaling import scaled_config
 
     cfg = load_config(None, ["rope.type=dynamic", "eval.suites=[ppl]", "eval.ppl_num_documents=2"])
     model = load_model("tiny-base", config=scaled_config(load_model_config("tiny-base"), 2048, cfg.rope)).eval()

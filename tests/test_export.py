@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from endprompt_ray.export import (ADAPTER_SUBDIR, EXPORT_SUBDIR, METADATA_FILE, TRAINABLE_FILE, export_from_checkpoint,
-                                  save_hf_model, write_hf_model)
-from endprompt_ray.lora import LONGLORA_TRAINABLE, LoraError, LoraSpec, apply_lora
-from endprompt_ray.rope import RopeScaling, scaled_config
+from endprompt_ray.models.export import (ADAPTER_SUBDIR, EXPORT_SUBDIR, METADATA_FILE, TRAINABLE_FILE,
+                                         export_from_checkpoint, save_hf_model, write_hf_model)
+from endprompt_ray.models.lora import LONGLORA_TRAINABLE, LoraError, LoraSpec, apply_lora
+from endprompt_ray.rope.scaling import RopeScaling, scaled_config
 
 SPEC = LoraSpec(enabled=True, rank=4, alpha=8.0, trainable=list(LONGLORA_TRAINABLE), save_adapter=True)
 
@@ -151,8 +151,8 @@ def _zero3_worker(tiny_dir: str, out: Path) -> None:
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    from endprompt_ray.forward import training_forward
-    from endprompt_ray.modeling import enable_activation_checkpointing, load_tokenizer
+    from endprompt_ray.training.forward import training_forward
+    from endprompt_ray.models.loading import enable_activation_checkpointing, load_tokenizer
 
     deepspeed.init_distributed(dist_backend="gloo")
     ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "train_batch_size": 2,

@@ -13,9 +13,9 @@ from ray.train import UserCallback
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from endprompt_ray.config import load_config
-from endprompt_ray.pipeline import run_extend
-from endprompt_ray.resume import ResumeMismatch
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.jobs.extend import run_extend
+from endprompt_ray.training.resume import ResumeMismatch
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +155,7 @@ def test_zero3_trains_and_exports_gathered_weights(local_ray, tmp_path):
     """Also reads a corpus file: its read tasks must fit beside the CPU training workers on a 2-CPU Ray."""
     import json
 
-    from endprompt_ray.demo_corpus import generate_documents
+    from endprompt_ray.corpora.reports import generate_documents
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in generate_documents(200, seed=5)))
@@ -173,7 +173,7 @@ def test_baselines_run_through_the_same_pipeline(local_ray, tmp_path):
     rope_only = run_extend(_cfg(tmp_path, "rope-only", "method.kind=rope_only"))
     assert rope_only.final_metrics["step"] == 0 and not _history(rope_only)
     _check_export(rope_only.model_dir)
-    from endprompt_ray.modeling import load_model
+    from endprompt_ray.models.loading import load_model
 
     original = load_model("tiny").state_dict()
     exported = AutoModelForCausalLM.from_pretrained(rope_only.model_dir).state_dict()
@@ -215,7 +215,7 @@ def test_accumulation_prompts_masks_and_schedules_through_the_trainer(local_ray,
 def test_longlora_baseline_on_zero3_exports_a_merged_plain_model(local_ray, tmp_path):
     """LoRA on q/k/v/o + trained embeddings and norms + S2-Attn, full-length, ZeRO-3: the export is a plain HF model
     (adapters merged) whose frozen weights are the base's and whose adapted ones moved; the adapter is saved too."""
-    from endprompt_ray.modeling import load_model
+    from endprompt_ray.models.loading import load_model
 
     result = run_extend(_cfg(tmp_path, "longlora", "method.kind=full_length", "method.target_length=512",
                              "train.max_steps=3", "train.checkpoint_every=3", "train.micro_batch_size=1",

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from endprompt_ray.gguf import PRESETS, SMOLLM2, gguf_source, preset_gguf
-from endprompt_ray.modeling import ModelLoadError, resolve_model_path
+from endprompt_ray.errors import ModelLoadError
+from endprompt_ray.models.gguf import PRESETS, SMOLLM2, gguf_source, preset_gguf
+from endprompt_ray.models.loading import resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,12 +4,10 @@ import json
 
 import pytest
 
-from endprompt_ray.demo_corpus import generate_documents
+from endprompt_ray.corpora.reports import generate_documents
 from endprompt_ray.eval.errors import EvalInputError
-from endprompt_ray.eval.longbench import (CATEGORIES, DATASETS, LongBenchSettings, log_longbench_to_mlflow,
-                                          run_longbench, truncate_middle)
-from endprompt_ray.eval.longbench import config
-from endprompt_ray.eval.longbench import metrics as M
+from endprompt_ray.eval.longbench import (CATEGORIES, DATASETS, LongBenchSettings, config, log_longbench_to_mlflow,
+                                          metrics as M, run_longbench, truncate_middle)
 from endprompt_ray.eval.longbench.run import load_rows
 
 

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from endprompt_ray.longrope_search import (FINISHED, Evolution, EvolutionSettings, FactorSpace, SearchError,
-                                           critical_dim, crossover, mutate)
+from endprompt_ray.longrope.evolution import (Evolution, EvolutionSettings, FINISHED, FactorSpace, SearchError,
+                                              critical_dim, crossover, mutate)
 
 SPACE = FactorSpace(size=8, upper=9.0)  # s = 8, the public code's bound 1 + s
 TARGET = np.array([1.0, 1.0, 1.3, 2.0, 4.5, 7.0, 8.5, 9.0])  # a synthetic optimum for the fitness below

@@ -12,9 +12,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune.search import Searcher
 
-from endprompt_ray.config import ConfigError, load_config
-from endprompt_ray.longrope_search import Evolution, EvolutionSettings, FactorSpace
-from endprompt_ray.longrope_tune import (SEARCH_SEED, FactorEvaluator, LongRopeSearcher, RopeSearchSpec, load_spec,
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.longrope.evolution import Evolution, EvolutionSettings, FactorSpace
+from endprompt_ray.longrope.tune import (FactorEvaluator, LongRopeSearcher, RopeSearchSpec, SEARCH_SEED, load_spec,
                                          make_plan, run_search)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,8 +119,8 @@ def test_the_plan_for_the_toy_base_in_both_modes():
 def test_the_fitness_actor_scores_like_the_perplexity_evaluation(tiny_dir, tmp_path, one_thread):
     """Swapping factors in one loaded model gives the perplexity a freshly loaded model gets on the same text."""
     from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
-    from endprompt_ray.modeling import load_model, load_tokenizer
-    from endprompt_ray.rope import RopeScaling, scaled_config
+    from endprompt_ray.models.loading import load_model, load_tokenizer
+    from endprompt_ray.rope.scaling import RopeScaling, scaled_config
 
     spec = RopeSearchSpec(model="tiny", target_length=512, num_documents=2, batch_size=2)
     plan = make_plan(spec)
@@ -139,7 +140,7 @@ def test_the_fitness_actor_scores_like_the_perplexity_evaluation(tiny_dir, tmp_p
 
 
 def test_needle_fitness_scores_only_the_answer(tiny_dir, one_thread):
-    from endprompt_ray.modeling import load_tokenizer
+    from endprompt_ray.models.loading import load_tokenizer
 
     spec = RopeSearchSpec(model="tiny", target_length=512, mode="longrope2", needle_samples=1)
     plan = make_plan(spec)
@@ -191,7 +192,7 @@ def test_a_two_iteration_search_end_to_end(local_ray, tiny_dir, tmp_path, capsys
 
 
 def test_the_comparison_of_scalings_without_fine_tuning(tiny_dir, tmp_path, one_thread):
-    from endprompt_ray.longrope_compare import compare, markdown
+    from endprompt_ray.longrope.compare import compare, markdown
 
     factors = tmp_path / "f.yaml"
     factors.write_text(yaml.safe_dump([1.0, 1.0, 1.2, 1.5, 2.0, 2.0, 2.0, 2.0]))

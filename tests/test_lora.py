@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from endprompt_ray.lora import (LONGLORA_TRAINABLE, LoraError, LoraSpec, adapter_state_dict, apply_lora,
-                                merged_state_dict, trainable_state_dict)
+from endprompt_ray.models.lora import (LONGLORA_TRAINABLE, LoraError, LoraSpec, adapter_state_dict, apply_lora,
+                                       merged_state_dict, trainable_state_dict)
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -105,7 +105,7 @@ def test_adapter_state_dict_is_what_peft_saves():
 
 
 def test_chunked_training_loss_runs_through_the_peft_wrapper():
-    from endprompt_ray.loss import training_loss
+    from endprompt_ray.training.loss import training_loss
 
     model = trained(LoraSpec(enabled=True, rank=4, alpha=8.0))
     ids = inputs()
@@ -152,13 +152,13 @@ def test_merging_refuses_what_it_cannot_merge():
 
 
 def _config_with_lora(spec: LoraSpec):
-    from endprompt_ray.config import load_config
+    from endprompt_ray.config.schema import load_config
 
     return load_config(None, ["eval.enabled=false", f"train.lora.enabled={str(spec.enabled).lower()}"])
 
 
 def test_lora_enabled_probes_peft_and_names_the_extra_when_missing(monkeypatch):
-    from endprompt_ray.deps import MissingDependency, check_runtime, probes
+    from endprompt_ray.jobs.preflight import MissingDependency, check_runtime, probes
 
     assert not any("train.lora" in p.feature for p in probes(_config_with_lora(LoraSpec())))
     cfg = _config_with_lora(LoraSpec(enabled=True))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from endprompt_ray.loss import training_loss
+from endprompt_ray.training.loss import training_loss
 
 
 def _model_and_batch(tie: bool):

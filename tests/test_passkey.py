@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from endprompt_ray.corpora.passkey import PASSKEY_NEEDLE, PASSKEY_QUESTION, PASSKEY_TASK
 from endprompt_ray.eval.errors import EvalInputError
-from endprompt_ray.eval.passkey import (PASSKEY_NEEDLE, PASSKEY_QUESTION, PASSKEY_TASK, PasskeySettings, ProbeSample,
-                                        build_samples, first_integer, format_passkey, log_passkey_to_mlflow,
-                                        run_passkey, score_continuations)
+from endprompt_ray.eval.passkey import (PasskeySettings, ProbeSample, build_samples, first_integer, format_passkey,
+                                        log_passkey_to_mlflow, run_passkey, score_continuations)
 from endprompt_ray.eval.passkey_report import aggregate
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -136,7 +136,7 @@ def test_bad_settings(tiny_tokenizer):
 def test_tiny_model_end_to_end(tiny_dir, tiny_tokenizer, tmp_path, mlflow_uri, one_thread):
     import mlflow
 
-    from endprompt_ray.modeling import load_model
+    from endprompt_ray.models.loading import load_model
 
     settings = PasskeySettings(lengths=[256, 512], depths=[0.0, 0.5, 1.0], num_samples=2, batch_size=4,
                                progress=False)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from endprompt_ray.demo_corpus import generate_documents
+from endprompt_ray.corpora.reports import generate_documents
 from endprompt_ray.eval import perplexity
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.perplexity import (PerplexitySettings, demo_documents, format_perplexity,
@@ -79,7 +79,7 @@ def test_summarize_by_hand():
 
 
 def test_chunked_head_matches_a_plain_forward(tiny_dir, monkeypatch, one_thread):
-    from endprompt_ray.modeling import load_model
+    from endprompt_ray.models.loading import load_model
 
     model = load_model(tiny_dir).eval()
     ids = torch.randint(3, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))

@@ -14,12 +14,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from endprompt_ray.config import load_config
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.errors import ModelLoadError
 from endprompt_ray.eval.generation import greedy_generate, load_model_and_tokenizer
 from endprompt_ray.eval.ruler import RulerSettings, run_ruler
-from endprompt_ray.gguf import SMOLLM2, SOURCE_FILE, converted_model_dir, file_digest, preset_gguf
-from endprompt_ray.modeling import ModelLoadError, resolve_model_path
-from endprompt_ray.pipeline import run_extend
+from endprompt_ray.jobs.extend import run_extend
+from endprompt_ray.models.gguf import SMOLLM2, SOURCE_FILE, converted_model_dir, file_digest, preset_gguf
+from endprompt_ray.models.loading import resolve_model_path
 
 pytestmark = pytest.mark.slow
 

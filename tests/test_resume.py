@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from endprompt_ray.config import load_config
-from endprompt_ray.resume import Progress, ResumeMismatch, check_resume, latest_progress, run_identity
-from endprompt_ray.train import accumulation_steps
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.training.resume import Progress, ResumeMismatch, check_resume, latest_progress, run_identity
+from endprompt_ray.training.trainer import accumulation_steps
 
 
 def _identity(*overrides, fingerprint="abc"):

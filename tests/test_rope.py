@@ -6,7 +6,8 @@ import torch
 from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from endprompt_ray.rope import RopeError, RopeScaling, describe, scaled_config
+from endprompt_ray.errors import RopeError
+from endprompt_ray.rope.scaling import RopeScaling, describe, scaled_config
 
 
 def llama(window=8192, theta=500000.0):
@@ -113,6 +114,6 @@ def test_errors():
 
 
 def test_every_rope_type_has_one_builder():
-    from endprompt_ray.rope import BUILDERS, ROPE_TYPES
+    from endprompt_ray.rope.scaling import BUILDERS, ROPE_TYPES
 
     assert set(BUILDERS) == set(ROPE_TYPES) - {"none"}  # "none" keeps the config as it is

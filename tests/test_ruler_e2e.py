@@ -70,7 +70,7 @@ def test_cwe_at_4096_runs_and_reports_its_redraws(tiny_dir, tmp_path, mlflow_uri
 
 
 def test_in_memory_model_and_ray_actor_agree(tiny_dir, tiny_tokenizer, tmp_path, local_ray, one_thread):
-    from endprompt_ray.modeling import load_model
+    from endprompt_ray.models.loading import load_model
 
     settings = RulerSettings(lengths=[512], tasks=["fwe", "niah_single_1"], num_samples=1, progress=False)
     local = run_ruler(load_model(tiny_dir), tiny_tokenizer, settings, tmp_path / "local")
@@ -84,7 +84,7 @@ def test_in_memory_model_and_ray_actor_agree(tiny_dir, tiny_tokenizer, tmp_path,
 
 
 def test_bad_inputs(tiny_dir, tiny_tokenizer, tmp_path):
-    from endprompt_ray.modeling import load_model
+    from endprompt_ray.models.loading import load_model
 
     with pytest.raises(EvalInputError, match="task niah_single_2 needs an essay corpus"):
         run_ruler(tiny_dir, None, RulerSettings(lengths=[1024], tasks=["niah_single_2"]), tmp_path)

@@ -5,9 +5,7 @@ from collections import Counter
 
 import pytest
 
-from endprompt_ray.eval.ruler import ALL_TASKS, generate_samples
-from endprompt_ray.eval.ruler import tasks as T
-from endprompt_ray.eval.ruler import words
+from endprompt_ray.eval.ruler import ALL_TASKS, generate_samples, tasks as T, words
 from endprompt_ray.eval.ruler.fitting import TokenCounter, TooShort
 from endprompt_ray.eval.ruler.fwe import fwe_vocab_size, word_counts, zeta
 from endprompt_ray.eval.ruler.niah import singular

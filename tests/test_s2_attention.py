@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaAttention
 
-from endprompt_ray.s2_attention import (S2_ATTENTION, S2AttentionError, check_s2_attention, group_size,
-                                        inference_attn_implementation, register_s2_attention, s2_attention_forward)
+from endprompt_ray.models.s2_attention import (S2AttentionError, S2_ATTENTION, check_s2_attention, group_size,
+                                               inference_attn_implementation, register_s2_attention,
+                                               s2_attention_forward)
 
 BATCH, HEADS, KV_HEADS, DIM, LENGTH = 2, 4, 2, 8, 32
 
@@ -127,7 +128,7 @@ def _tiny_pair(name: str):
 
 
 def test_a_model_loaded_with_the_registered_name_trains_with_s2_and_evaluates_with_full_attention():
-    from endprompt_ray.forward import training_forward
+    from endprompt_ray.training.forward import training_forward
 
     name = register_s2_attention(0.25, name="s2_sdpa_test_quarter")
     plain, s2_model = _tiny_pair(name)

@@ -7,9 +7,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from endprompt_ray.config import load_config
-from endprompt_ray.evaluation import eval_lengths
-from endprompt_ray.rope import RopeError, RopeScaling, describe, extension_window, scaled_config
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.errors import RopeError
+from endprompt_ray.eval.compare import eval_lengths
+from endprompt_ray.rope.scaling import RopeScaling, describe, extension_window, scaled_config
 
 D = 16  # head_dim: hidden 32 / 2 heads
 THETA = 10000.0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from endprompt_ray.schedule import lr_scheduler_factory
+from endprompt_ray.training.schedule import lr_scheduler_factory
 
 HAND = {  # rate of updates 0..5 as a fraction of the peak; p = (k - 2) / 4 after warm-up
     "constant": [0.5, 1.0, 1.0, 1.0, 1.0, 1.0],

@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from endprompt_ray.config import ConfigError, load_config
-from endprompt_ray.data import build_dataset, data_report
-from endprompt_ray.demo_corpus import generate_documents
-from endprompt_ray.sources import format_of, resolve_remote
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.corpora.reports import generate_documents
+from endprompt_ray.data.dataset import build_dataset, data_report
+from endprompt_ray.data.sources import format_of, resolve_remote
+from endprompt_ray.errors import ConfigError
 
 
 def _cfg(*paths, **extra):
@@ -62,7 +63,7 @@ def test_remote_listing_errors_are_one_line(slimpajama_like, tiny_tokenizer):
 
 
 def test_hub_path_offline_says_how_to_proceed():
-    code = ("from endprompt_ray.sources import resolve_remote\n"
+    code = ("from endprompt_ray.data.sources import resolve_remote\n"
             "resolve_remote(['hf://datasets/DKYoon/SlimPajama-6B/data/train-*.parquet'], 'auto')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})

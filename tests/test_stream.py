@@ -4,11 +4,11 @@ packing as `pack_short_documents` does it over the whole corpus, positions enume
 import numpy as np
 import pytest
 
-from endprompt_ray.anchoring import AnchorSpec, build_samples, pack_short_documents
-from endprompt_ray.data import encode_spans, rust_tokenizer, text_keys
-from endprompt_ray.demo_corpus import generate_documents
-from endprompt_ray.stream import Orders, epoch_order, plan_units, step_positions
-from endprompt_ray.tokenize import encode
+from endprompt_ray.corpora.reports import generate_documents
+from endprompt_ray.data.dataset import encode_spans, rust_tokenizer, text_keys
+from endprompt_ray.data.tokenize import encode
+from endprompt_ray.method.anchoring import AnchorSpec, build_samples, pack_short_documents
+from endprompt_ray.method.stream import Orders, epoch_order, plan_units, step_positions
 
 
 def _joined(plan, docs, eos):

@@ -9,14 +9,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from endprompt_ray.config import ConfigError, load_config
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.runtime.tracking import ERROR_TAG, run_status
 from endprompt_ray.sweeps import dimensions, load_sweep
 from endprompt_ray.sweeps.paths import check_tracking_reachable, is_node_local
 from endprompt_ray.sweeps.results import Row, write_best_config
 from endprompt_ray.sweeps.search import param_space, trial_count
 from endprompt_ray.sweeps.spec import base_config
 from endprompt_ray.sweeps.trial import TrialPlan
-from endprompt_ray.tracking import ERROR_TAG, run_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,8 +184,8 @@ def test_a_trial_stopped_by_the_scheduler_reads_killed_whichever_side_ends_its_r
 
 
 def test_params_are_logged_in_batches_and_a_resume_adds_and_tags_instead_of_rewriting(tmp_path, mlflow_uri):
-    from endprompt_ray.config import load_config
-    from endprompt_ray.tracking import log_params, start_run
+    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.runtime.tracking import log_params, start_run
 
     client = MlflowClient(mlflow_uri)  # the fixture also restores the process's tracking URI that start_run sets
     run = client.create_run(client.create_experiment("batches"))
@@ -262,8 +263,8 @@ def test_missing_searcher_package_is_one_clear_error(tmp_path, monkeypatch):
 def test_probe_scores_the_key_tokens_of_held_out_passkeys(tiny_tokenizer, one_thread):
     import torch
 
-    from endprompt_ray.modeling import load_model
-    from endprompt_ray.sweeps.probe import PasskeyProbe
+    from endprompt_ray.models.loading import load_model
+    from endprompt_ray.eval.probe import PasskeyProbe
 
     probe = PasskeyProbe(tiny_tokenizer, length=512, depths=[0.0, 1.0], samples=2, seed=1, every=50)
     assert len(probe.items) == 4 and all(0 < n <= 8 and len(ids) <= 512 for ids, n in probe.items)
@@ -288,7 +289,7 @@ def test_metric_logging_waits_out_a_locked_sqlite_store(mlflow_uri):
 
     from mlflow.tracking import MlflowClient
 
-    from endprompt_ray.tracking import MlflowTrainCallback
+    from endprompt_ray.runtime.tracking import MlflowTrainCallback
 
     client = MlflowClient(mlflow_uri)
     run = client.create_run(client.create_experiment("locked"))

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from endprompt_ray.config import load_config
-from endprompt_ray.tracking import ERROR_TAG
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.runtime.tracking import ERROR_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 # Seconds per trial instead of minutes: the random tiny model, a few steps, one passkey sample.

@@ -5,10 +5,13 @@ import re
 
 import pytest
 
-from endprompt_ray.eval.passkey import PASSKEY_QUESTION, PasskeySettings, run_passkey
+from endprompt_ray.corpora.passkey import PASSKEY_QUESTION
+from endprompt_ray.corpora.toy import toy_documents
+from endprompt_ray.eval.passkey import PasskeySettings, run_passkey
 from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
-from endprompt_ray.modeling import TOY_BASE, resolve_model_path
-from endprompt_ray.toybase import ToyBaseSpec, build_toy_base, build_toy_tokenizer, toy_documents
+from endprompt_ray.jobs.toybase import build_toy_base
+from endprompt_ray.models.loading import TOY_BASE, resolve_model_path
+from endprompt_ray.models.toy import ToyBaseSpec, build_toy_tokenizer
 
 SPEC = ToyBaseSpec()
 
@@ -52,7 +55,7 @@ def test_shipped_toy_base_has_a_measurable_window(tmp_path, one_thread):
 
 @pytest.mark.slow
 def test_the_build_command_reproduces_a_base_of_the_same_quality(local_ray, tmp_path):
-    """The shipped weights are what `python -m endprompt_ray.toybase` builds: rebuilding them from nothing (the
+    """The shipped weights are what `python -m endprompt_ray.jobs.toybase` builds: rebuilding them from nothing (the
     tokenizer, the corpus, 1500 pretraining steps through the project's own trainer) gives a model that passes the
     same checks, and the build records its spec beside the weights."""
     import json
@@ -63,7 +66,7 @@ def test_the_build_command_reproduces_a_base_of_the_same_quality(local_ray, tmp_
 
 
 def test_spec_sizes_match_the_shipped_config():
-    from endprompt_ray.modeling import load_config
+    from endprompt_ray.models.loading import load_config
 
     config = load_config(TOY_BASE)
     model = SPEC.model

@@ -23,7 +23,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from endprompt_ray.universal import client_state, load_universal, saved_world_size, to_universal, universal_config
+from endprompt_ray.training.universal import (client_state, load_universal, saved_world_size, to_universal,
+                                              universal_config)
 
 TAG = "state"
 GLOBAL_BATCH, SEQ, STEPS = 4, 32, 3
@@ -184,10 +185,10 @@ def _worker(job: dict) -> None:
     import torch.distributed as dist
     from transformers.integrations import HfDeepSpeedConfig
 
-    from endprompt_ray.config import load_config
-    from endprompt_ray.modeling import load_model
-    from endprompt_ray.schedule import lr_scheduler_factory
-    from endprompt_ray.train import deepspeed_config
+    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.models.loading import load_model
+    from endprompt_ray.training.schedule import lr_scheduler_factory
+    from endprompt_ray.training.trainer import deepspeed_config
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

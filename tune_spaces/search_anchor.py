@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 
-from endprompt_ray.config import ConfigError
-from endprompt_ray.pipeline import quiet_logs
-from endprompt_ray.ray_session import ray_logs_dir
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.jobs.extend import quiet_logs
+from endprompt_ray.runtime.ray_session import ray_logs_dir
 from endprompt_ray.sweeps import load_sweep, run_sweep
 from endprompt_ray.sweeps.spec import SCHEDULERS, SEARCHES
 

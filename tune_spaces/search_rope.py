@@ -21,8 +21,8 @@ from dataclasses import asdict
 
 import yaml
 
-from endprompt_ray.config import ConfigError
-from endprompt_ray.longrope_tune import load_spec, run_search
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.longrope.tune import load_spec, run_search
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_spec:
         print(yaml.safe_dump(asdict(spec), sort_keys=False))
         return 0
-    from endprompt_ray.pipeline import quiet_logs
+    from endprompt_ray.jobs.extend import quiet_logs
 
     log_file = spec.run_dir / "search.log"
     quiet_logs(log_file)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from .errors import EvalInputError
+from endprompt_ray.errors import ModelLoadError
+from endprompt_ray.eval.errors import EvalInputError
+from endprompt_ray.models.loading import load_model, load_tokenizer
 
 
 def pick_device(model):
@@ -30,8 +32,6 @@ def resolve_tokenizer(model, tokenizer=None):
     if not is_model_path(model):
         raise EvalInputError("an in-memory model needs its tokenizer: pass tokenizer=..., or pass the model directory "
                              "(config.json + weights + tokenizer files) instead of the model object")
-    from ..modeling import ModelLoadError, load_tokenizer
-
     try:
         return load_tokenizer(os.fsdecode(model))
     except ModelLoadError as err:
@@ -43,8 +43,6 @@ def load_model_and_tokenizer(model, tokenizer=None):
     tokenizer = resolve_tokenizer(model, tokenizer)
     if is_model_path(model):
         import torch
-
-        from ..modeling import load_model
 
         dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
         model = load_model(os.fsdecode(model), dtype=dtype)

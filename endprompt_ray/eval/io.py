@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import EvalInputError
+from endprompt_ray.eval.errors import EvalInputError
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:

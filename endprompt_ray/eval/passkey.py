@@ -30,19 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..demo_corpus import _PLACES, _sentence  # the corpus's own generator: the probe must read like training text
-from .errors import EvalInputError
-from .generation import greedy_generate, load_model_and_tokenizer, resolve_tokenizer
-from .passkey_report import PasskeyResult, aggregate, format_passkey, log_passkey_to_mlflow, write_outputs
-from .ruler.fitting import Draft, TokenCounter, TooShort, fit, prefix_sums, sized_pool
-from .ruler.samples import sample_seed
-from .ruler.tasks import NOISE
+from endprompt_ray.corpora.passkey import FILLER_WORDS, passkey_prompt
+from endprompt_ray.corpora.reports import PLACES, sentence  # the corpus's own generator: the probe must read like training text
+from endprompt_ray.eval.errors import EvalInputError
+from endprompt_ray.eval.generation import greedy_generate, load_model_and_tokenizer, resolve_tokenizer
+from endprompt_ray.eval.passkey_report import (PasskeyResult, aggregate, format_passkey, log_passkey_to_mlflow,
+                                               write_outputs)
+from endprompt_ray.eval.ruler.fitting import Draft, TokenCounter, TooShort, fit, prefix_sums, sized_pool
+from endprompt_ray.eval.ruler.samples import sample_seed
 
-PASSKEY_TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
-                "I will quiz you about the important information there.")
-PASSKEY_NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
-PASSKEY_QUESTION = "What is the pass key? The pass key is"
-FILLER_WORDS: tuple[str, ...] = tuple(NOISE.split(" "))  # RULER's noise paragraph is Landmark's filler
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PROBES = ("passkey", "report_code")
 MIN_FILL = 0.99  # fitting stops searching once a prompt reaches this share of the length
@@ -100,26 +96,12 @@ class ProbeSample:
         return (self.prompt_tokens + self.tokens_to_generate) / self.length
 
 
-def filler_words(n: int) -> list[str]:
-    """The first n words of the endlessly repeated filler."""
-    full, rest = divmod(n, len(FILLER_WORDS))
-    return list(FILLER_WORDS) * full + list(FILLER_WORDS[:rest])
-
-
 def filler_estimator(counter: TokenCounter):
     """Tokens of filler_words(n) joined by spaces, up to a constant, in O(1) per call."""
     if "passkey_filler" not in counter.memo:
         counter.memo["passkey_filler"] = prefix_sums(counter.pieces([" " + w for w in FILLER_WORDS]))
     cum, period = counter.memo["passkey_filler"], len(FILLER_WORDS)
     return lambda n: (n // period) * int(cum[period]) + int(cum[n % period])
-
-
-def passkey_prompt(key: int, depth: float, n_words: int) -> str:
-    """Landmark's five lines: the task, filler, the needle after round(depth * n_words) words, filler, the question."""
-    words = filler_words(n_words)
-    cut = round(depth * n_words)
-    return "\n".join([PASSKEY_TASK, " ".join(words[:cut]), PASSKEY_NEEDLE.format(key=key), " ".join(words[cut:]),
-                      PASSKEY_QUESTION])
 
 
 def passkey_draft(rng: np.random.Generator, depth: float, counter: TokenCounter, budget: int) -> tuple[Draft, int]:
@@ -132,16 +114,16 @@ def passkey_draft(rng: np.random.Generator, depth: float, counter: TokenCounter,
 def report_code_draft(rng: np.random.Generator, depth: float, counter: TokenCounter,
                       budget: int) -> tuple[Draft, int]:
     """A demo-corpus report whose code is stated only at its head; whole body sentences fill the budget."""
-    station = _PLACES[rng.integers(len(_PLACES))]  # drawn in the order make_document draws them
+    station = PLACES[rng.integers(len(PLACES))]  # drawn in the order make_document draws them
     code = int(rng.integers(10000, 99999))
     head, question = f"Report for station {station}, code {code}.", f"End of report for {station}, code"
 
     def body(start: int, stop: int) -> list[str]:
         out: list[str] = []
         while len(out) < stop - start:
-            sentence = _sentence(rng, station, code)
-            if str(code) not in sentence:  # "Station X repeated its code N" would give the answer away
-                out.append(" " + sentence)  # a unit carries its separator, so its token count is exact
+            text = sentence(rng, station, code)
+            if str(code) not in text:  # "Station X repeated its code N" would give the answer away
+                out.append(" " + text)  # a unit carries its separator, so its token count is exact
         return out
 
     sentences, counts = sized_pool(body, counter, budget, cache=False)

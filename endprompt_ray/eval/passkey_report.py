@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .io import write_jsonl
-from .ruler.plots import _pyplot
+from endprompt_ray.eval.io import write_jsonl
+from endprompt_ray.plotting import pyplot
 
 EARLY_LATE_SPLIT = 0.5  # early: needle in the first half of the filler (depth < 0.5); late: the rest
 
@@ -73,7 +73,7 @@ def aggregate(records: Sequence[dict], probe: str) -> PasskeyResult:
 
 def depth_heatmap(accuracy: Mapping[int, Mapping[float, float]], path: str | Path, title: str) -> Path:
     """Accuracy (%) with one row per depth and one column per length."""
-    plt = _pyplot()
+    plt = pyplot()
     lengths = sorted(accuracy)
     depths = sorted({d for by_depth in accuracy.values() for d in by_depth})
     grid = np.array([[accuracy[n].get(d, np.nan) for n in lengths] for d in depths], dtype=float).reshape(

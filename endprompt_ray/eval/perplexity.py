@@ -22,11 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..demo_corpus import make_document
-from .errors import EvalInputError
-from .generation import load_model_and_tokenizer, pick_device, resolve_tokenizer
-from .io import iter_jsonl, write_jsonl
-from .ruler.plots import _pyplot
+from endprompt_ray.corpora.reports import make_document
+from endprompt_ray.eval.errors import EvalInputError
+from endprompt_ray.eval.generation import load_model_and_tokenizer, pick_device, resolve_tokenizer
+from endprompt_ray.eval.io import iter_jsonl, write_jsonl
+from endprompt_ray.plotting import pyplot
 
 HELDOUT_SEED = 1234  # the demo corpus used for training is seed 0
 DEMO_DOCUMENTS = 8
@@ -215,7 +215,7 @@ def run_perplexity(model, tokenizer, settings: PerplexitySettings, output_dir: s
 
 
 def ppl_curve(result: PerplexityResult, path: str | Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     lengths = sorted(result.ppl)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(lengths, [result.ppl[n] for n in lengths], marker="o", label="all tokens")

@@ -10,7 +10,7 @@ results.py  the sorted table, the plot per swept dimension, the best config as a
 runner.py   start or continue a sweep, end to end
 """
 
-from .runner import SweepOutcome, run_sweep
-from .spec import ConfigError, SweepSpec, base_config, dimensions, load_sweep
+from endprompt_ray.sweeps.runner import SweepOutcome, run_sweep
+from endprompt_ray.sweeps.spec import ConfigError, SweepSpec, base_config, dimensions, load_sweep
 
 __all__ = ["ConfigError", "SweepOutcome", "SweepSpec", "base_config", "dimensions", "load_sweep", "run_sweep"]

@@ -12,7 +12,9 @@ import ipaddress
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..config import REPO_ROOT, ConfigError, ExtendConfig
+from endprompt_ray.config.schema import ExtendConfig
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.resources import REPO_ROOT
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from ..config import dump_yaml
-from .trial import FINAL, TrialPlan
+from endprompt_ray.config.schema import dump_yaml
+from endprompt_ray.plotting import pyplot
+from endprompt_ray.sweeps.trial import FINAL, TrialPlan
 
 SHOWN = ("passkey/avg", "ppl/target", "loss", "probe/nll")  # beside the metric, when trials report them
 
@@ -134,9 +135,8 @@ def plot_dimensions(rows: list[Row], plan: TrialPlan, path: Path) -> Path | None
     scored = [r for r in rows if r.value(plan.spec.metric) is not None]
     if not scored:
         return None
-    from ..eval.ruler.plots import _pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     metric = plan.spec.metric
     fig, axes = plt.subplots(1, len(plan.dims), figsize=(4.2 * len(plan.dims), 3.6), squeeze=False)
     for ax, dim in zip(axes[0], plan.dims):

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from ray import tune
 
-from ..config import ConfigError
-from . import results as results_mod
-from . import runs
-from .paths import check_tracking_reachable
-from .search import concurrency, param_space, scheduler, search_algorithm, trial_count, trial_resources
-from .spec import SweepSpec, base_config, dimensions
-from .trial import TrialPlan, make_trial
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.runtime.ray_session import connect_ray
+from endprompt_ray.sweeps import results as results_mod, runs
+from endprompt_ray.sweeps.paths import check_tracking_reachable
+from endprompt_ray.sweeps.search import (concurrency, param_space, scheduler, search_algorithm, trial_count,
+                                         trial_resources)
+from endprompt_ray.sweeps.spec import SweepSpec, base_config, dimensions
+from endprompt_ray.sweeps.trial import TrialPlan, make_trial
 
 
 @dataclass
@@ -65,8 +66,6 @@ def _check_same_sweep(spec: SweepSpec, sweep_dir: Path, experiment_path: str) ->
 
 
 def run_sweep(spec: SweepSpec, retry_failed: bool = False, echo: bool = True) -> SweepOutcome:
-    from ..ray_session import connect_ray
-
     import ray
 
     base = base_config(spec)

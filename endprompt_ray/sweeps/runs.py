@@ -16,10 +16,10 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from ..config import ExtendConfig
-from ..tracking import ERROR_TAG, experiment_id, log_params
-from .cleanup import Reaper
-from .trial import FINAL, SWEEP_TAG, TRIAL_TAG
+from endprompt_ray.config.schema import ExtendConfig
+from endprompt_ray.runtime.tracking import ERROR_TAG, experiment_id, log_params
+from endprompt_ray.sweeps.cleanup import Reaper
+from endprompt_ray.sweeps.trial import FINAL, SWEEP_TAG, TRIAL_TAG
 
 ROLE_TAG = "endprompt.sweep_role"
 

@@ -6,8 +6,9 @@ import math
 
 from ray import tune
 
-from ..config import ConfigError, ExtendConfig
-from .spec import CATEGORICAL, Dimension, SweepSpec
+from endprompt_ray.config.schema import ExtendConfig
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.sweeps.spec import CATEGORICAL, Dimension, SweepSpec
 
 INSTALL = {"optuna": "optuna", "hyperopt": "hyperopt"}
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, ExtendConfig, config_from_dict, load_config
-from .paths import pin_paths
+from endprompt_ray.config.schema import ExtendConfig, config_from_dict, load_config
+from endprompt_ray.errors import ConfigError
+from endprompt_ray.sweeps.paths import pin_paths
 
 SEARCHES = ("grid", "random", "optuna", "hyperopt")
 SCHEDULERS = ("none", "asha")

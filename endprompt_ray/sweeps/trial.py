@@ -11,9 +11,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ExtendConfig, config_from_dict
-from .paths import check_trial_node
-from .spec import Dimension, SweepSpec, apply, overrides_of
+from endprompt_ray.config.schema import ExtendConfig, config_from_dict
+from endprompt_ray.eval.compare import final_variant
+from endprompt_ray.jobs.extend import run_extend
+from endprompt_ray.sweeps.paths import check_trial_node
+from endprompt_ray.sweeps.spec import Dimension, SweepSpec, apply, overrides_of
 
 SWEEP_TAG, TRIAL_TAG = "endprompt.sweep", "endprompt.trial_id"
 FINAL = "final"  # set in a trial's last result, after its evaluation: absent means stopped before the end
@@ -45,8 +47,6 @@ def make_trial(plan: TrialPlan):
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from ..pipeline import run_extend
-
         trial_id = tune.get_context().get_trial_id()
         cfg = plan.config(params, trial_id)
         check_trial_node(cfg.tracking_uri, plan.driver_node)
@@ -60,8 +60,6 @@ def make_trial(plan: TrialPlan):
 
 def final_metrics(cfg: ExtendConfig, result) -> dict:
     """The trained model's scores under the names a sweep's `metric` uses."""
-    from ..evaluation import final_variant
-
     out = {"loss": float(result.final_metrics.get("loss", math.nan)), "mlflow_run_id": result.mlflow_run_id,
            "wall_time_s": result.wall_time_s}
     out.update({k: float(v) for k, v in result.final_metrics.items() if k.startswith("probe/")})  # the last probe

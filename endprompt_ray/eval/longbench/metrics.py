@@ -12,7 +12,7 @@ import string
 from collections import Counter
 from typing import Sequence
 
-from .config import FIRST_LINE_ONLY, METRIC
+from endprompt_ray.eval.longbench.config import FIRST_LINE_ONLY, METRIC
 
 _PUNCTUATION = frozenset(string.punctuation)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EvalInputError
-from ..generation import greedy_generate, load_model_and_tokenizer
-from ..io import iter_jsonl, write_jsonl
-from .config import CATEGORIES, DATASETS, MAX_NEW_TOKENS, PROMPTS, STOP_AT_NEWLINE
-from .metrics import score_dataset
+from endprompt_ray.eval.errors import EvalInputError
+from endprompt_ray.eval.generation import greedy_generate, load_model_and_tokenizer
+from endprompt_ray.eval.io import iter_jsonl, write_jsonl
+from endprompt_ray.eval.longbench.config import CATEGORIES, DATASETS, MAX_NEW_TOKENS, PROMPTS, STOP_AT_NEWLINE
+from endprompt_ray.eval.longbench.metrics import score_dataset
 
 
 @dataclass

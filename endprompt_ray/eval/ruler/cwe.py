@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from .fitting import Draft, prefix_sums, size_rng, split_template
-from .tasks import CWE_ANSWER_PREFIX, CWE_MIN_WORDS, CWE_SHORT_CONTEXT, CWE_TEMPLATE, TaskSpec
-from .words import common_word_pool, random_word
+from endprompt_ray.eval.ruler.fitting import Draft, prefix_sums, size_rng, split_template
+from endprompt_ray.eval.ruler.tasks import CWE_ANSWER_PREFIX, CWE_MIN_WORDS, CWE_SHORT_CONTEXT, CWE_TEMPLATE, TaskSpec
+from endprompt_ray.eval.ruler.words import common_word_pool, random_word
 
 if TYPE_CHECKING:
-    from .sources import BuildContext
+    from endprompt_ray.eval.ruler.sources import BuildContext
 
 
 def numbered(words: list[str]) -> str:

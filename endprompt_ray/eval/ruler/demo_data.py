@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from ...demo_corpus import generate_documents
+from endprompt_ray.corpora.reports import generate_documents
 
 _HEAD = re.compile(r"Report for station (?P<station>[a-z ]+), code (?P<code>\d+)\.")
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import EvalInputError
+from endprompt_ray.eval.errors import EvalInputError
 
 _ANCHOR = "x"  # pieces are measured after this prefix so their leading space/newline tokenises as in running text
 _SLOT = "\x00"  # stands in for the context while the rest of a template is formatted once

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .fitting import Draft, TooShort, size_rng
-from .tasks import FWE_ANSWER_PREFIX, FWE_TEMPLATE, FWE_VOCAB_DIVISOR, FWE_WORD_LEN, TaskSpec
-from .words import unique_letters
+from endprompt_ray.eval.ruler.fitting import Draft, TooShort, size_rng
+from endprompt_ray.eval.ruler.tasks import FWE_ANSWER_PREFIX, FWE_TEMPLATE, FWE_VOCAB_DIVISOR, FWE_WORD_LEN, TaskSpec
+from endprompt_ray.eval.ruler.words import unique_letters
 
 if TYPE_CHECKING:
-    from .sources import BuildContext
+    from endprompt_ray.eval.ruler.sources import BuildContext
 
 
 def zeta(s: float, terms: int = 1000) -> float:

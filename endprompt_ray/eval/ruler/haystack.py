@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EvalInputError
-from ..io import iter_jsonl, read_json
-from .fitting import TokenCounter, prefix_sums
-from .tasks import NOISE
+from endprompt_ray.eval.errors import EvalInputError
+from endprompt_ray.eval.io import iter_jsonl, read_json
+from endprompt_ray.eval.ruler.fitting import TokenCounter, prefix_sums
+from endprompt_ray.eval.ruler.tasks import NOISE
 
 NOISE_SENTENCES: tuple[str, ...] = tuple(re.split(r"(?<=\.) ", NOISE))
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?$")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from .fitting import Draft, prefix_sums, size_rng, sized_pool, split_template
-from .haystack import noise_bounds, noise_estimator, noise_lines
-from .tasks import DEPTHS, NEEDLE, NIAH_ANSWER_PREFIX, NIAH_TEMPLATE, TaskSpec
-from .words import random_value
+from endprompt_ray.eval.ruler.fitting import Draft, prefix_sums, size_rng, sized_pool, split_template
+from endprompt_ray.eval.ruler.haystack import noise_bounds, noise_estimator, noise_lines
+from endprompt_ray.eval.ruler.tasks import DEPTHS, NEEDLE, NIAH_ANSWER_PREFIX, NIAH_TEMPLATE, TaskSpec
+from endprompt_ray.eval.ruler.words import random_value
 
 if TYPE_CHECKING:
-    from .sources import BuildContext
+    from endprompt_ray.eval.ruler.sources import BuildContext
 
 
 def singular(text: str) -> str:

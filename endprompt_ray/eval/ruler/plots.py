@@ -6,22 +6,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from endprompt_ray.plotting import pyplot
 
 DEPTH_BINS = np.arange(0, 101, 10)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; works without a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def niah_heatmap(needles: Sequence[tuple[int, float, bool]], lengths: Sequence[int], path: str | Path) -> Path:
     """needles: (length, depth percent, retrieved) for every needle a niah_* question asked for."""
-    plt = _pyplot()
+    plt = pyplot()
     hits = np.zeros((len(DEPTH_BINS), len(lengths)))
     total = np.zeros_like(hits)
     column = {length: j for j, length in enumerate(lengths)}
@@ -51,7 +43,7 @@ def niah_heatmap(needles: Sequence[tuple[int, float, bool]], lengths: Sequence[i
 
 def score_curves(scores: Mapping[str, Mapping[int, float]], averages: Mapping[int, float], lengths: Sequence[int],
                  path: str | Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     x = np.arange(len(lengths))
     for task, by_length in scores.items():

@@ -10,11 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io import write_jsonl
-from . import plots
-from .metrics import SAMPLE_METRICS, postprocess_pred, task_score
-from .samples import MIN_FILL, Sample
-from .tasks import ALL_TASKS, get_task
+from endprompt_ray.eval.io import write_jsonl
+from endprompt_ray.eval.ruler import plots
+from endprompt_ray.eval.ruler.metrics import SAMPLE_METRICS, postprocess_pred, task_score
+from endprompt_ray.eval.ruler.samples import MIN_FILL, Sample
+from endprompt_ray.eval.ruler.tasks import ALL_TASKS, get_task
 
 
 @dataclass

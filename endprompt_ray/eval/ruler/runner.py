@@ -7,13 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EvalInputError
-from ..generation import greedy_generate, is_model_path, load_model_and_tokenizer, resolve_tokenizer
-from . import report
-from .fitting import TokenCounter, TooShort
-from .samples import Sample, TaskSamples, build_samples, min_length
-from .sources import Sources
-from .tasks import ALL_TASKS, get_task
+from endprompt_ray.eval.errors import EvalInputError
+from endprompt_ray.eval.generation import greedy_generate, is_model_path, load_model_and_tokenizer, resolve_tokenizer
+from endprompt_ray.eval.ruler import report
+from endprompt_ray.eval.ruler.fitting import TokenCounter, TooShort
+from endprompt_ray.eval.ruler.samples import Sample, TaskSamples, build_samples, min_length
+from endprompt_ray.eval.ruler.sources import Sources
+from endprompt_ray.eval.ruler.tasks import ALL_TASKS, get_task
 
 
 @dataclass
@@ -100,7 +100,8 @@ def _predict_with_ray(model_dir: str, jobs, settings: RulerSettings, workers: in
     from ray.util import ActorPool
     from tqdm.auto import tqdm
 
-    from ...ray_session import connect_ray
+    # Ray only for RULER on Ray workers: in-process RULER (and a GPU image without Ray) never imports it
+    from endprompt_ray.runtime.ray_session import connect_ray
 
     connect_ray()  # attaches to the cluster under `ray job submit`, else starts a local one
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0

@@ -8,15 +8,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import EvalInputError
-from .cwe import cwe_draft
-from .fitting import Draft, Fitted, TokenCounter, TooShort, fit
-from .fwe import fwe_draft
-from .niah import niah_draft
-from .qa import qa_draft
-from .sources import BuildContext, Sources
-from .tasks import TaskSpec, get_task
-from .vt import vt_draft
+from endprompt_ray.eval.errors import EvalInputError
+from endprompt_ray.eval.ruler.cwe import cwe_draft
+from endprompt_ray.eval.ruler.fitting import Draft, Fitted, TokenCounter, TooShort, fit
+from endprompt_ray.eval.ruler.fwe import fwe_draft
+from endprompt_ray.eval.ruler.niah import niah_draft
+from endprompt_ray.eval.ruler.qa import qa_draft
+from endprompt_ray.eval.ruler.sources import BuildContext, Sources
+from endprompt_ray.eval.ruler.tasks import TaskSpec, get_task
+from endprompt_ray.eval.ruler.vt import vt_draft
 
 BUILDERS: dict[str, Callable] = {"niah": niah_draft, "variable_tracking": vt_draft,
                                  "common_words_extraction": cwe_draft, "freq_words_extraction": fwe_draft,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import EvalInputError
-from .fitting import TokenCounter
-from .haystack import Corpus, load_corpus
-from .qa import FORMATS, QAData, load_qa
+from endprompt_ray.eval.errors import EvalInputError
+from endprompt_ray.eval.ruler.fitting import TokenCounter
+from endprompt_ray.eval.ruler.haystack import Corpus, load_corpus
+from endprompt_ray.eval.ruler.qa_data import FORMATS, QAData, load_qa
 
 SOURCE_OPTIONS = {"essay": "essay_path (--essay)", "squad": "squad_path (--squad)",
                   "hotpotqa": "hotpotqa_path (--hotpotqa)"}

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from ..errors import EvalInputError
+from endprompt_ray.corpora.passkey import NOISE  # noqa: F401 - RULER's noise; Landmark's passkey filler too
+from endprompt_ray.eval.errors import EvalInputError
 
 NIAH_TEMPLATE = (
     "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
@@ -19,7 +20,6 @@ NIAH_TEMPLATE = (
     "What are all the special magic {type_needle_v} for {query} mentioned in the provided text?")
 NIAH_ANSWER_PREFIX = " The special magic {type_needle_v} for {query} mentioned in the provided text are"
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 # Depths (percent) at which needles go into an essay haystack: 40 evenly spaced points, rounded.
 DEPTHS = tuple(int(round(100 * i / 39)) for i in range(40))
 

@@ -6,14 +6,14 @@ import random
 import re
 from typing import TYPE_CHECKING
 
-from .fitting import Draft, TooShort, fit, size_rng, split_template
-from .haystack import noise_bounds, noise_estimator, noise_lines
-from .tasks import VT_ANSWER_PREFIX, VT_ICL_TOKENS, VT_ICL_VALUE, VT_TEMPLATE, TaskSpec
-from .words import random_letters, unique_letters
+from endprompt_ray.eval.ruler.fitting import Draft, TooShort, fit, size_rng, split_template
+from endprompt_ray.eval.ruler.haystack import noise_bounds, noise_estimator, noise_lines
+from endprompt_ray.eval.ruler.tasks import TaskSpec, VT_ANSWER_PREFIX, VT_ICL_TOKENS, VT_ICL_VALUE, VT_TEMPLATE
+from endprompt_ray.eval.ruler.words import random_letters, unique_letters
 
 if TYPE_CHECKING:
-    from .fitting import TokenCounter
-    from .sources import BuildContext
+    from endprompt_ray.eval.ruler.fitting import TokenCounter
+    from endprompt_ray.eval.ruler.sources import BuildContext
 
 
 def make_chains(rng: random.Random, num_chains: int, num_hops: int, is_icl: bool) -> tuple[list[list[str]], list]:

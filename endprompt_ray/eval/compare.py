@@ -1,0 +1,196 @@
+"""Evaluation after training: each suite (passkey, perplexity, RULER) on the extended model and, for the
+before/after comparison, on the base model as it was and with RoPE scaling alone (no training).
+
+Every variant is loaded once and every suite runs on the loaded model. The trained model's scores are logged under
+the suites' own metric names (`passkey/acc/2048`, `ppl/2048`, `ruler/avg`), the comparison rows under
+`compare/<variant>/...`; the table and its figure go to MLflow as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from endprompt_ray.config.schema import ExtendConfig
+from endprompt_ray.eval.generation import load_model_and_tokenizer
+from endprompt_ray.eval.passkey import PasskeySettings, log_passkey_to_mlflow, run_passkey
+from endprompt_ray.eval.perplexity import PerplexitySettings, log_perplexity_to_mlflow, run_perplexity
+from endprompt_ray.eval.ruler import RulerSettings, log_ruler_to_mlflow, run_ruler
+from endprompt_ray.models.loading import load_config, load_model, load_tokenizer
+from endprompt_ray.plotting import pyplot
+from endprompt_ray.rope.scaling import describe, extension_window, reset_dynamic_rope, scaled_config
+
+SUITES = ("passkey", "ppl", "ruler")
+
+
+@dataclass
+class EvalReport:
+    lengths: list[int]
+    scores: dict[str, dict[str, dict[int, float]]]  # variant -> "passkey" | "ppl" | "ruler" -> length -> value
+    labels: dict[str, str]  # variant -> row label
+    ruler: dict = field(default_factory=dict)  # the trained model's RULER summary, as before
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"lengths": self.lengths, "labels": self.labels, "ruler": self.ruler,
+                "scores": {v: {s: {str(n): x for n, x in by.items()} for s, by in suites.items()}
+                           for v, suites in self.scores.items()},
+                "files": {k: str(p) for k, p in self.files.items()}}
+
+
+def eval_lengths(cfg: ExtendConfig, original_window: int | None = None) -> list[int]:
+    """eval.lengths, else the window the scaling extends, half the target and the target (1x, 4x, 8x for 256 -> 2048).
+
+    The window is rope.extension_window of the base model's config unless given: not the exported config's
+    max_position_embeddings, which is the target for most types but stays the original window for dynamic NTK."""
+    if original_window is None:
+        original_window = extension_window(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.rope)
+    L = cfg.method.target_length
+    return sorted(set(cfg.eval.lengths or [n for n in (original_window, L // 2, L) if 0 < n <= L]))
+
+
+def ruler_settings(cfg: ExtendConfig):
+    return RulerSettings(lengths=cfg.eval.lengths or [cfg.method.target_length], tasks=cfg.eval.tasks or None,
+                         num_samples=cfg.eval.num_samples, batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
+                         essay_path=cfg.eval.essay_path, squad_path=cfg.eval.squad_path,
+                         hotpotqa_path=cfg.eval.hotpotqa_path)
+
+
+def _variants(cfg: ExtendConfig, model_dir: Path):
+    """(name, label, loader) for each model to evaluate; loaders run one at a time so one model is in memory."""
+    name, tiny = cfg.model.name_or_path, cfg.model.tiny
+    steps = cfg.train_steps
+    base_config = load_config(name, tiny)
+    scaled = scaled_config(base_config, cfg.method.target_length, cfg.rope)
+    scaling = describe(base_config, cfg.method.target_length, cfg.rope)  # s, not transformers' dynamic factor
+    out = []
+    if cfg.eval.compare:
+        out.append(("base", "base (no scaling)",
+                    lambda: load_model_and_tokenizer(load_model(name, tiny=tiny), load_tokenizer(name, tiny))))
+        if steps:
+            out.append(("rope_only", f"rope only ({scaling})",
+                        lambda: load_model_and_tokenizer(load_model(name, config=scaled, tiny=tiny),
+                                                         load_tokenizer(name, tiny))))
+    label = f"{cfg.method.kind} ({scaling}, {steps} steps)" if steps else f"rope only ({scaling})"
+    out.append((final_variant(cfg), label, lambda: load_model_and_tokenizer(str(model_dir))))
+    return out
+
+
+def final_variant(cfg: ExtendConfig) -> str:
+    """The exported model's row: rope_only exports the scaled weights without training."""
+    return "trained" if cfg.train_steps else "rope_only"
+
+
+def run_suites(cfg: ExtendConfig, model, tokenizer, lengths: list[int], out_dir: Path) -> dict:
+    """{suite: result} for the configured suites on one loaded model."""
+    e, results = cfg.eval, {}
+    if "passkey" in e.suites:
+        reset_dynamic_rope(model)  # each suite runs its lengths in ascending order from the original frequencies
+        results["passkey"] = run_passkey(model, tokenizer, PasskeySettings(
+            lengths=lengths, depths=e.passkey_depths or None, num_samples=e.passkey_samples,
+            batch_size=e.batch_size, seed=cfg.run.seed), out_dir / "passkey")
+    if "ppl" in e.suites:
+        reset_dynamic_rope(model)
+        results["ppl"] = run_perplexity(model, tokenizer, PerplexitySettings(
+            lengths=lengths, documents_path=e.ppl_documents, num_documents=e.ppl_num_documents,
+            batch_size=e.batch_size), out_dir / "ppl")
+    if "ruler" in e.suites:
+        reset_dynamic_rope(model)
+        results["ruler"] = run_ruler(model, tokenizer, ruler_settings(cfg), out_dir / "ruler")
+    return results
+
+
+def _scores(results: dict) -> dict[str, dict[int, float]]:
+    out = {}
+    if "passkey" in results:
+        out["passkey"] = dict(results["passkey"].by_length)
+        out["passkey_early"] = dict(results["passkey"].early_by_length)  # needle in the first half
+        out["passkey_late"] = dict(results["passkey"].late_by_length)
+    if "ppl" in results:
+        out["ppl"] = dict(results["ppl"].ppl)
+    if "ruler" in results:
+        out["ruler"] = dict(results["ruler"].averages)
+    return out
+
+
+def evaluate_after_training(cfg: ExtendConfig, model_dir: Path) -> EvalReport:
+    """Run the suites on every variant, write the comparison table and figure, log all of it to the active run."""
+    import mlflow
+
+    lengths = eval_lengths(cfg)
+    root = cfg.run_dir / "eval"
+    report = EvalReport(lengths=lengths, scores={}, labels={})
+    for variant, label, load in _variants(cfg, model_dir):
+        model, tokenizer = load()
+        results = run_suites(cfg, model, tokenizer, lengths, root / variant)
+        del model
+        report.scores[variant], report.labels[variant] = _scores(results), label
+        if variant == final_variant(cfg):
+            if "passkey" in results:
+                log_passkey_to_mlflow(results["passkey"], artifact_path="eval/passkey")
+            if "ppl" in results:
+                log_perplexity_to_mlflow(results["ppl"], artifact_path="eval/ppl")
+            if "ruler" in results:
+                log_ruler_to_mlflow(results["ruler"], artifact_path="eval/ruler")
+                r = results["ruler"]
+                report.ruler = {"overall": r.overall, "averages": r.averages, "covered_tasks": list(r.covered_tasks),
+                                "skipped": dict(r.skipped), "files": {k: str(v) for k, v in r.files.items()}}
+        else:
+            mlflow.log_metrics({f"compare/{variant}/{suite}/{n}": value for suite, by in report.scores[variant].items()
+                                for n, value in by.items() if value == value})  # NaN: nothing to log
+    report.files = write_comparison(report, root)
+    for path in report.files.values():
+        mlflow.log_artifact(str(path), artifact_path="eval")
+    return report
+
+
+# ---- the before/after table and figure ---------------------------------------------------------------------------
+
+def format_comparison(report: EvalReport) -> str:
+    """One row per variant: passkey accuracy (%), perplexity and RULER average at each length."""
+    columns = [(suite, n) for suite in SUITES for n in report.lengths
+               if any(n in s.get(suite, {}) for s in report.scores.values())]
+    width = max(len(label) for label in report.labels.values()) + 2
+    titles = {"passkey": "passkey %", "ppl": "PPL", "ruler": "RULER"}
+    header = "".ljust(width) + "".join(f"{titles[s]} @{n}".rjust(16) for s, n in columns)
+    lines = [header]
+    for variant, suites in report.scores.items():
+        cells = []
+        for suite, n in columns:
+            value = suites.get(suite, {}).get(n)
+            cells.append("-" if value is None else f"{value:.1f}" if suite != "ppl" else f"{value:.2f}")
+        lines.append(report.labels[variant].ljust(width) + "".join(c.rjust(16) for c in cells))
+    return "\n".join(lines)
+
+
+def write_comparison(report: EvalReport, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"comparison_table": out_dir / "comparison.txt", "comparison_json": out_dir / "comparison.json"}
+    files["comparison_table"].write_text(format_comparison(report) + "\n")
+    files["comparison_json"].write_text(json.dumps(report.to_dict(), indent=2))
+    panels = [s for s in ("passkey", "ppl") if any(s in v for v in report.scores.values())]
+    if panels:
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, suite in zip(axes[0], panels):
+            for variant, suites in report.scores.items():
+                points = sorted(suites.get(suite, {}).items())
+                ax.plot([n for n, _ in points], [v for _, v in points], marker="o", label=report.labels[variant])
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(report.lengths, [str(n) for n in report.lengths])
+            ax.set_xlabel("context length (tokens)")
+            if suite == "passkey":
+                ax.set_ylabel("passkey accuracy (%)")
+                ax.set_ylim(-5, 105)
+            else:
+                ax.set_ylabel("perplexity (log scale)")
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle("before / after context extension")
+        fig.tight_layout()
+        files["comparison_plot"] = out_dir / "comparison.png"
+        fig.savefig(files["comparison_plot"], dpi=120)
+        plt.close(fig)
+    return files

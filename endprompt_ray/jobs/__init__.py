@@ -1,0 +1,1 @@
+"""The jobs as library calls: extend (data -> train -> export -> evaluation -> MLflow), its preflight, the toy base."""

@@ -1,0 +1,110 @@
+"""The toy base: a small Llama pretrained by the project at a short window on text that requires retrieval.
+
+A random model scores 0 at every length, so nothing about context extension can be seen on it. The toy base
+retrieves at its window (256 tokens) and fails far beyond it, which is exactly what an extension method must fix.
+Its corpus is built from the two probes the project evaluates with, so the skill is learnable in minutes on a CPU:
+
+    passkey episodes   Landmark Attention's passkey prompt with its answer ("... The pass key is 12345.")
+    station reports    demo-corpus documents that state a code at the head and repeat it at the end
+
+Each document is a run of episodes at least one window long (a sample is a document's first window), so no window
+is padded or packed. Pretraining goes through the project's own pipeline (Ray Data -> Ray Train + DeepSpeed ->
+export) as `full_length` at the window with RoPE unscaled. The result is shipped in `assets/tiny-base/`;
+`python -m endprompt_ray.jobs.toybase` rebuilds it deterministically and reports its scores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+
+from endprompt_ray.config.schema import load_config
+from endprompt_ray.corpora.toy import toy_documents
+from endprompt_ray.eval.generation import load_model_and_tokenizer
+from endprompt_ray.eval.passkey import PasskeySettings, run_passkey
+from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
+from endprompt_ray.jobs.extend import quiet_logs, run_extend
+from endprompt_ray.models.loading import TOY_BASE, build_tiny_model
+from endprompt_ray.resources import TOY_BASE_DIR
+from endprompt_ray.models.toy import ToyBaseSpec, build_toy_tokenizer
+
+
+# ---- corpus ----------------------------------------------------------------------------------------------------------
+
+
+# ---- building ----------------------------------------------------------------------------------------------------------
+
+def pretrain_overrides(spec: ToyBaseSpec, init_dir: Path, corpus: Path, output_dir: Path) -> list[str]:
+    """The pretraining run as ordinary `--set` overrides: contiguous windows, RoPE unscaled, no extension."""
+    window = spec.model.max_position_embeddings
+    return [f"run.name={TOY_BASE}-build", f"run.output_dir={output_dir}", f"run.seed={spec.seed}",
+            f"model.name_or_path={init_dir}", "method.kind=full_length", f"method.physical_length={window}",
+            f"method.target_length={window}", "method.short_docs=skip", "rope.type=none",
+            f"data.paths=[{corpus}]", "data.batch_size=256", f"train.max_steps={spec.steps}",
+            f"train.micro_batch_size={spec.micro_batch_size}", f"train.learning_rate={spec.learning_rate}",
+            f"train.warmup_steps={spec.warmup_steps}", f"train.checkpoint_every={spec.steps}", "train.report_every=50",
+            "train.gradient_checkpointing=false", "eval.enabled=false"]
+
+
+def build_toy_base(destination: Path = TOY_BASE_DIR, spec: ToyBaseSpec = ToyBaseSpec(),
+                   work_dir: Path | None = None) -> Path:
+    """Generate the corpus, pretrain through `run_extend`, and write the exported model to `destination`."""
+    work = Path(work_dir or tempfile.mkdtemp(prefix="toy-base-"))
+    tokenizer = build_toy_tokenizer(spec)
+    init_dir = work / "init"
+    build_tiny_model(tokenizer, spec.model).save_pretrained(init_dir)
+    tokenizer.save_pretrained(init_dir)
+    corpus = work / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in toy_documents(spec, tokenizer)))
+    result = run_extend(load_config(None, pretrain_overrides(spec, init_dir, corpus, work / "outputs")))
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.copytree(result.model_dir, destination)
+    (destination / "toy_base.json").write_text(json.dumps({"spec": asdict(spec), "final_loss":
+                                                           result.final_metrics.get("loss")}, indent=2))
+    return destination
+
+
+# ---- scoring and the command ------------------------------------------------------------------------------------------
+
+def score_toy_base(model_dir: Path, out_dir: Path, lengths=(256, 2048), samples: int = 8) -> dict:
+    """Passkey accuracy (%) and perplexity by length: the window it must pass and 8x the window it must fail."""
+    model, tokenizer = load_model_and_tokenizer(str(model_dir))
+    passkey = run_passkey(model, tokenizer, PasskeySettings(lengths=list(lengths), num_samples=samples,
+                                                            batch_size=8), out_dir / "passkey")
+    ppl = run_perplexity(model, tokenizer, PerplexitySettings(lengths=list(lengths), batch_size=4), out_dir / "ppl")
+    return {"passkey": {int(n): v for n, v in passkey.by_length.items()},
+            "passkey_by_depth": {int(n): {f"{d:g}": v for d, v in by.items()} for n, by in passkey.accuracy.items()},
+            "ppl": {int(n): round(v, 3) for n, v in ppl.ppl.items()},
+            "tail_ppl": {int(n): round(v, 3) for n, v in ppl.tail_ppl.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m endprompt_ray.jobs.toybase", description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, default=TOY_BASE_DIR, help=f"model directory (default {TOY_BASE_DIR})")
+    parser.add_argument("--steps", type=int, default=ToyBaseSpec.steps, help="pretraining steps")
+    parser.add_argument("--score-only", action="store_true", help="score the model in --output without training")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    if not args.score_only:
+        quiet_logs(Path(tempfile.gettempdir()) / "toy-base-build.log")
+        build_toy_base(args.output, ToyBaseSpec(steps=args.steps))
+    scores = score_toy_base(args.output, Path(tempfile.mkdtemp(prefix="toy-base-scores-")))
+    record = args.output / "toy_base.json"
+    if record.exists():  # the build's record carries the scores it was shipped with
+        record.write_text(json.dumps({**json.loads(record.read_text()), "scores": scores}, indent=2))
+    print(json.dumps({"model_dir": str(args.output), **scores, "wall_time_s": round(time.perf_counter() - started)},
+                     indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""Where locally built and converted models are cached, written atomically so concurrent builders never clash."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def cache_root(root: str | Path | None = None) -> Path:
+    """Where locally built and converted models live: `root`, else ENDPROMPT_CACHE, else <tempdir>/endprompt_ray."""
+    return Path(root or os.environ.get("ENDPROMPT_CACHE", Path(tempfile.gettempdir()) / "endprompt_ray"))
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, unless complete already, written by `build(staging_dir)` into a staging directory, then renamed.
+
+    The rename is atomic: concurrent builders of the same key cannot leave a half-written directory, and a failed
+    build leaves nothing behind.
+    """
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        build(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        staging.rename(target)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,1 @@
+"""RoPE scaling written into transformers' `rope_parameters`, and LongRoPE's per-frequency factors."""

@@ -1,0 +1,1 @@
+"""The job's runtime services: joining Ray, MLflow tracking."""

@@ -1,0 +1,1 @@
+"""The one trainer (Ray Train V2 + DeepSpeed) for every method: forward, loss, schedule, resume, checkpoints."""
