@@ -26,7 +26,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the reference is single-thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.corpora.reports import generate_documents  # noqa: E402
 from endprompt_ray.data.dataset import build_dataset, data_report  # noqa: E402
 from endprompt_ray.errors import ConfigError  # noqa: E402

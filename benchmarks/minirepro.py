@@ -91,7 +91,7 @@ def base_overrides(args, run: Run) -> list[str]:
 def run_one(run: Run, args, parent_id: str) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.config.loader import load_config
     from endprompt_ray.jobs.extend import run_extend
 
     cfg = load_config(args.config, base_overrides(args, run))
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from mlflow.tracking import MlflowClient
 
-    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.config.loader import load_config
     from endprompt_ray.eval.compare import eval_lengths
     from endprompt_ray.jobs.extend import quiet_logs
     from endprompt_ray.runtime.tracking import experiment_id

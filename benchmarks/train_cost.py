@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.errors import ConfigError  # noqa: E402
 
 METHODS = ("endprompt", "contiguous", "full_length")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from endprompt_ray.config.schema import dump_yaml, load_config
+from endprompt_ray.config.loader import dump_yaml, load_config
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.jobs.extend import format_summary, quiet_logs, run_extend
 from endprompt_ray.runtime.ray_session import ray_logs_dir

@@ -16,7 +16,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.jobs.extend import run_extend
 from endprompt_ray.training.resume import latest_progress
 

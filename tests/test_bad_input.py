@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from endprompt_ray.config.schema import DataConfig, load_config
+from endprompt_ray.config.loader import load_config
+from endprompt_ray.config.schema import DataConfig
 from endprompt_ray.data.dataset import anchor_spec, read_records
 from endprompt_ray.errors import ConfigError, ModelLoadError, RopeError
 from endprompt_ray.jobs.extend import preflight

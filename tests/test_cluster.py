@@ -386,7 +386,7 @@ def test_rayjob_manifest(aws_config):
 
 def test_paper_preset_fits_both_clusters(aws_config):
     """configs/llama3-8b-64k.yaml, with the RayJob's `--set` overrides, fits the GPU nodes and the shared storage."""
-    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.config.loader import load_config
 
     tokens = _one(RAYJOB_YAML, "RayJob")["spec"]["entrypoint"].split()
     preset = ROOT / tokens[tokens.index("--config") + 1]

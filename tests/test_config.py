@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from endprompt_ray.config.schema import config_from_dict, load_config
+from endprompt_ray.config.loader import config_from_dict, load_config
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.training.trainer import deepspeed_config, scaling_config
 

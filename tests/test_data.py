@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.corpora.reports import generate_documents
 from endprompt_ray.data.dataset import anchor_spec, build_dataset, build_stream, data_report
 from endprompt_ray.method.anchoring import build_samples, pack_short_documents

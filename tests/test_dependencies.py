@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import endprompt_ray
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.jobs.preflight import MissingDependency, Probe, check_runtime, missing_package, run_probes
 from endprompt_ray.models.loading import load_config as load_model_config
 from endprompt_ray.rope.scaling import ROPE_TYPES, scaled_config

@@ -58,7 +58,8 @@ def test_perplexity_from_a_file_and_bad_suites(cli, tiny_dir, tmp_path, capsys, 
 def test_seed_default_matches_extend(cli):
     """pipelines/evaluate.py and run_extend (its default config, as pipelines/extend.py loads it) draw the same
     RULER and passkey samples by default."""
-    from endprompt_ray.config.schema import ExtendConfig, load_config
+    from endprompt_ray.config.schema import ExtendConfig
+    from endprompt_ray.config.loader import load_config
     from endprompt_ray.eval.compare import ruler_settings
 
     extend_seed = ruler_settings(load_config(None)).seed

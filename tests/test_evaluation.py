@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.eval.compare import EvalReport, eval_lengths, format_comparison, run_suites, write_comparison
 
 ROOT = Path(__file__).resolve().parents[1]

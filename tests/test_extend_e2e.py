@@ -13,7 +13,7 @@ from ray.train import UserCallback
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.jobs.extend import run_extend
 from endprompt_ray.training.resume import ResumeMismatch
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from endprompt_ray.config.schema import config_from_dict, load_config
+from endprompt_ray.config.loader import config_from_dict, load_config
 from endprompt_ray.errors import ConfigError, RopeError
 from endprompt_ray.rope.longrope import FactorsError, default_attention_factor, reference_factors, set_longrope_factors
 from endprompt_ray.rope.scaling import RopeScaling, describe, scaled_config

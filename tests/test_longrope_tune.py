@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray.tune.search import Searcher
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.longrope.evolution import Evolution, EvolutionSettings, FactorSpace
 from endprompt_ray.longrope.tune import (FactorEvaluator, LongRopeSearcher, RopeSearchSpec, SEARCH_SEED, load_spec,

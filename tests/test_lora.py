@@ -152,7 +152,7 @@ def test_merging_refuses_what_it_cannot_merge():
 
 
 def _config_with_lora(spec: LoraSpec):
-    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.config.loader import load_config
 
     return load_config(None, ["eval.enabled=false", f"train.lora.enabled={str(spec.enabled).lower()}"])
 

@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.errors import ModelLoadError
 from endprompt_ray.eval.generation import greedy_generate, load_model_and_tokenizer
 from endprompt_ray.eval.ruler import RulerSettings, run_ruler

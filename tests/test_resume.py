@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.training.resume import Progress, ResumeMismatch, check_resume, latest_progress, run_identity
 from endprompt_ray.training.trainer import accumulation_steps
 

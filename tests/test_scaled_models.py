@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.errors import RopeError
 from endprompt_ray.eval.compare import eval_lengths
 from endprompt_ray.rope.scaling import RopeScaling, describe, extension_window, scaled_config

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.corpora.reports import generate_documents
 from endprompt_ray.data.dataset import build_dataset, data_report
 from endprompt_ray.data.sources import format_of, resolve_remote

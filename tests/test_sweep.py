@@ -9,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.runtime.tracking import ERROR_TAG, run_status
 from endprompt_ray.sweeps import dimensions, load_sweep
@@ -184,7 +184,7 @@ def test_a_trial_stopped_by_the_scheduler_reads_killed_whichever_side_ends_its_r
 
 
 def test_params_are_logged_in_batches_and_a_resume_adds_and_tags_instead_of_rewriting(tmp_path, mlflow_uri):
-    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.config.loader import load_config
     from endprompt_ray.runtime.tracking import log_params, start_run
 
     client = MlflowClient(mlflow_uri)  # the fixture also restores the process's tracking URI that start_run sets

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.runtime.tracking import ERROR_TAG
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -185,7 +185,7 @@ def _worker(job: dict) -> None:
     import torch.distributed as dist
     from transformers.integrations import HfDeepSpeedConfig
 
-    from endprompt_ray.config.schema import load_config
+    from endprompt_ray.config.loader import load_config
     from endprompt_ray.models.loading import load_model
     from endprompt_ray.training.schedule import lr_scheduler_factory
     from endprompt_ray.training.trainer import deepspeed_config

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from endprompt_ray.corpora.passkey import FILLER_WORDS, passkey_prompt
-from endprompt_ray.corpora.reports import PLACES, sentence  # the corpus's own generator: the probe must read like training text
+from endprompt_ray.corpora.reports import (PLACES, sentence)  # the corpus's own generator: the probe must read like training text
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.generation import greedy_generate, load_model_and_tokenizer, resolve_tokenizer
 from endprompt_ray.eval.passkey_report import (PasskeyResult, aggregate, format_passkey, log_passkey_to_mlflow,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import mlflow
 
-from endprompt_ray.config.schema import ExtendConfig, dump_yaml
+from endprompt_ray.config.loader import dump_yaml
+from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.data.dataset import build_stream, data_report
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.eval.compare import EvalReport, evaluate_after_training, format_comparison, ruler_settings

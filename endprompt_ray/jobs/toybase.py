@@ -22,15 +22,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-from endprompt_ray.config.schema import load_config
+from endprompt_ray.config.loader import load_config
 from endprompt_ray.corpora.toy import toy_documents
 from endprompt_ray.eval.generation import load_model_and_tokenizer
 from endprompt_ray.eval.passkey import PasskeySettings, run_passkey
 from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
 from endprompt_ray.jobs.extend import quiet_logs, run_extend
 from endprompt_ray.models.loading import TOY_BASE, build_tiny_model
-from endprompt_ray.resources import TOY_BASE_DIR
 from endprompt_ray.models.toy import ToyBaseSpec, build_toy_tokenizer
+from endprompt_ray.resources import TOY_BASE_DIR
 
 
 # ---- corpus ----------------------------------------------------------------------------------------------------------

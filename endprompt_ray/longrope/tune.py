@@ -29,7 +29,7 @@ import yaml
 from ray import tune
 from ray.tune.search import Searcher
 
-from endprompt_ray.config.schema import apply_overrides, build_typed
+from endprompt_ray.config.loader import apply_overrides, build_typed
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.generation import pick_device

@@ -8,8 +8,8 @@ from endprompt_ray.corpora.reports import generate_documents
 from endprompt_ray.errors import ModelLoadError
 from endprompt_ray.models.attention import check_attn_implementation
 from endprompt_ray.models.cache import build_once, cache_root
-from endprompt_ray.resources import TOY_BASE_DIR
 from endprompt_ray.models.gguf import converted_model_dir, gguf_source
+from endprompt_ray.resources import TOY_BASE_DIR
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

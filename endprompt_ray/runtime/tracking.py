@@ -13,7 +13,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
 
-from endprompt_ray.config.schema import ExtendConfig, dump_yaml
+from endprompt_ray.config.loader import dump_yaml
+from endprompt_ray.config.schema import ExtendConfig
 
 RUN_NAME_TAG = "endprompt.run_name"
 RESUME_METRIC = "resume/step"  # one point per resume (a re-run job or a Ray Train restart): the step resumed from

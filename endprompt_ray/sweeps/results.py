@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from endprompt_ray.config.schema import dump_yaml
+from endprompt_ray.config.loader import dump_yaml
 from endprompt_ray.plotting import pyplot
 from endprompt_ray.sweeps.trial import FINAL, TrialPlan
 

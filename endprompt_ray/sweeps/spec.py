@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from endprompt_ray.config.schema import ExtendConfig, config_from_dict, load_config
+from endprompt_ray.config.loader import config_from_dict, load_config
+from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.sweeps.paths import pin_paths
 

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from endprompt_ray.config.schema import ExtendConfig, config_from_dict
+from endprompt_ray.config.loader import config_from_dict
+from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.eval.compare import final_variant
 from endprompt_ray.jobs.extend import run_extend
 from endprompt_ray.sweeps.paths import check_trial_node

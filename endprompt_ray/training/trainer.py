@@ -22,7 +22,8 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from endprompt_ray.config.schema import ExtendConfig, config_from_dict
+from endprompt_ray.config.loader import config_from_dict
+from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.eval.probe import PasskeyProbe
 from endprompt_ray.models.export import EXPORT_SUBDIR, save_hf_model
 from endprompt_ray.models.loading import enable_activation_checkpointing, load_config, load_model, load_tokenizer
