@@ -14,7 +14,7 @@ Writes minirepro.json, minirepro.md, minirepro_length.png and minirepro_compute.
 MLflow parent run with a child run per arm and seed. Other models start from a config file (`--config`), e.g. the
 real-model benchmark in benchmarks/README.md (SmolLM2-135M); at GPU scale pass the real settings with --set, e.g.
 --set model.name_or_path=meta-llama/Meta-Llama-3-8B --set method.physical_length=8192
---set method.target_length=65536 --set train.use_gpu=true --set train.deepspeed_config=configs/deepspeed/zero3.json
+--set method.target_length=65536 --set train.use_gpu=true --set train.deepspeed_config=zero3.json
 """
 
 from __future__ import annotations

@@ -376,7 +376,7 @@ def test_rayjob_manifest(aws_config):
     spec = job["spec"]
     entrypoint = spec["entrypoint"].split()
     assert entrypoint[:2] == ["python", "pipelines/extend.py"], spec["entrypoint"]
-    assert entrypoint[entrypoint.index("--config") + 1] == "configs/llama3-8b-64k.yaml"
+    assert entrypoint[entrypoint.index("--config") + 1] == "endprompt_ray/presets/llama3-8b-64k.yaml"
     assert (ROOT / entrypoint[1]).is_file() and (ROOT / entrypoint[entrypoint.index("--config") + 1]).is_file()
     assert spec["shutdownAfterJobFinishes"] is True, "the job's GPU cluster must go away when the job ends"
     assert spec.get("activeDeadlineSeconds", 0) > 0
@@ -385,7 +385,7 @@ def test_rayjob_manifest(aws_config):
 
 
 def test_paper_preset_fits_both_clusters(aws_config):
-    """configs/llama3-8b-64k.yaml, with the RayJob's `--set` overrides, fits the GPU nodes and the shared storage."""
+    """The llama3-8b-64k preset, with the RayJob's `--set` overrides, fits the GPU nodes and the shared storage."""
     from endprompt_ray.config.loader import load_config
 
     tokens = _one(RAYJOB_YAML, "RayJob")["spec"]["entrypoint"].split()

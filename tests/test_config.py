@@ -44,14 +44,14 @@ def test_local_paths_are_pinned_to_where_the_command_ran(tmp_path, monkeypatch):
 
 def test_deepspeed_json_is_filled_from_the_config():
     cfg = load_config(None, ["train.micro_batch_size=3", "train.gradient_accumulation_steps=2",
-                             "train.deepspeed_config=configs/deepspeed/zero3.json"])
+                             "train.deepspeed_config=zero3.json"])
     ds = deepspeed_config(cfg, world_size=4)
     assert ds["zero_optimization"]["stage"] == 3
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (3, 2, 24)
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["bf16"] == {"enabled": False}  # CPU
     assert ds["optimizer"]["params"]["lr"] == cfg.train.learning_rate and "scheduler" not in ds  # train.lr_schedule
     assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95] and ds["optimizer"]["params"]["eps"] == 1e-8
-    gpu = deepspeed_config(load_config("configs/llama3-8b-64k.yaml"), world_size=8)
+    gpu = deepspeed_config(load_config("llama3-8b-64k"), world_size=8)
     assert gpu["bf16"] == {"enabled": True} and "torch_adam" not in gpu["optimizer"]["params"]
     assert gpu["optimizer"]["params"]["lr"] == 2e-5
 
@@ -68,7 +68,7 @@ def test_deepspeed_json_keeps_its_own_betas_eps_and_scheduler(tmp_path):
 
 
 def test_paper_preset_matches_the_paper():
-    cfg = load_config(Path(__file__).parent.parent / "configs" / "llama3-8b-64k.yaml")
+    cfg = load_config(Path(__file__).parent.parent / "endprompt_ray" / "presets" / "llama3-8b-64k.yaml")
     assert (cfg.method.physical_length, cfg.method.target_length) == (8192, 65536)
     assert cfg.rope.type == "linear" and cfg.rope.round_up and cfg.train.deepspeed_config.endswith("zero3.json")
 

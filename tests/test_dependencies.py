@@ -17,7 +17,7 @@ from endprompt_ray.models.loading import load_config as load_model_config
 from endprompt_ray.rope.scaling import ROPE_TYPES, scaled_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DEEPSPEED_CONFIGS = sorted(p.name for p in (ROOT / "configs" / "deepspeed").glob("*.json"))
+DEEPSPEED_CONFIGS = sorted(p.name for p in (ROOT / "endprompt_ray" / "presets" / "deepspeed").glob("*.json"))
 
 
 def test_every_module_imports():
@@ -34,14 +34,14 @@ def test_the_shipped_deepspeed_configs_are_all_covered():
 @pytest.mark.parametrize("rope_type", ROPE_TYPES)
 @pytest.mark.parametrize("deepspeed", DEEPSPEED_CONFIGS)
 def test_every_configuration_has_its_packages(deepspeed, rope_type):
-    cfg = load_config(None, [f"train.deepspeed_config=configs/deepspeed/{deepspeed}", f"rope.type={rope_type}",
+    cfg = load_config(None, [f"train.deepspeed_config={deepspeed}", f"rope.type={rope_type}",
                              "eval.enabled=true"])
     model_config = scaled_config(load_model_config("tiny"), cfg.method.target_length, cfg.rope)
     check_runtime(cfg, model_config)
 
 
 def test_presets_have_their_packages():
-    for preset in sorted((ROOT / "configs").glob("*.yaml")):
+    for preset in sorted((ROOT / "endprompt_ray" / "presets").glob("*.yaml")):
         cfg = load_config(preset)
         check_runtime(cfg)  # the model config of a hub preset is not downloaded here; its rope probe is covered above
 

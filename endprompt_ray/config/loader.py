@@ -11,7 +11,7 @@ import yaml
 
 from endprompt_ray.config.schema import ExtendConfig, absolute_path
 from endprompt_ray.errors import ConfigError
-from endprompt_ray.resources import REPO_ROOT
+from endprompt_ray.resources import ResourceNotFoundError, find_preset
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -113,11 +113,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- YAML file <- `a.b=c` overrides (values parsed as YAML), validated."""
     tree: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file() and (REPO_ROOT / path).is_file():
-            path = REPO_ROOT / path  # presets are found from any working directory
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found; presets live in {REPO_ROOT / 'configs'}")
+        try:
+            path = find_preset(path)  # a file, or the name of a shipped preset (found from any working directory)
+        except ResourceNotFoundError as err:
+            raise ConfigError(str(err)) from err
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

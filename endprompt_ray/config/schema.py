@@ -14,7 +14,7 @@ from endprompt_ray.method.anchoring import METHODS
 from endprompt_ray.models.loading import TinySpec
 from endprompt_ray.models.lora import LoraSpec
 from endprompt_ray.models.s2_attention import LONGLORA_GROUP_FRACTION, check_s2_attention
-from endprompt_ray.resources import REPO_ROOT
+from endprompt_ray.resources import DEEPSPEED, ResourceNotFoundError, find_deepspeed, shipped
 from endprompt_ray.rope.scaling import RopeScaling
 
 DEFAULT_PROMPT = "This is the end of text, please pay attention here"
@@ -72,7 +72,7 @@ class TrainConfig:
     elastic_resize_interval_s: float = 60.0  # [min, max]: how often Ray Train looks for room to grow the group
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # CPU default fits 2 workers + data tasks on 2 cores; raise on GPU nodes
-    deepspeed_config: str = "configs/deepspeed/zero2.json"
+    deepspeed_config: str = "zero2.json"
     micro_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-4  # the toy base's measured best (1e-3 and longer runs lose long-range retrieval)
@@ -175,8 +175,10 @@ class ExtendConfig:
         return f"sqlite:///{Path(self.run.output_dir).expanduser().resolve() / 'mlflow.db'}"
 
     def deepspeed_path(self) -> Path:
-        path = Path(self.train.deepspeed_config).expanduser()
-        return path if path.is_absolute() or path.exists() else REPO_ROOT / path
+        try:  # a file, or the name of a shipped one (endprompt_ray/presets/deepspeed/)
+            return find_deepspeed(self.train.deepspeed_config)
+        except ResourceNotFoundError:
+            return Path(self.train.deepspeed_config).expanduser()  # validate() says what to give instead
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -242,8 +244,8 @@ class ExtendConfig:
                 raise ConfigError(f"eval.{name} must be at least 1")
         ds = self.deepspeed_path()
         if not ds.is_file():
-            raise ConfigError(f"train.deepspeed_config={t.deepspeed_config!r}: file not found (looked at {ds}); "
-                              "use one of configs/deepspeed/*.json or a path to your own DeepSpeed JSON")
+            raise ConfigError(f"train.deepspeed_config={t.deepspeed_config!r}: file not found (looked at {ds}); use "
+                              f"a shipped name ({', '.join(shipped(DEEPSPEED))}) or a path to your own DeepSpeed JSON")
         return self
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.errors import ConfigError
-from endprompt_ray.resources import REPO_ROOT
+from endprompt_ray.resources import find_deepspeed
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
@@ -34,8 +34,8 @@ def pin_paths(cfg: ExtendConfig, base: Path) -> ExtendConfig:
     evaluation = dataclasses.replace(cfg.eval, **{k: _pin(getattr(cfg.eval, k), base) for k in
                                                   ("ppl_documents", "essay_path", "squad_path", "hotpotqa_path")})
     ds = Path(cfg.train.deepspeed_config).expanduser()
-    if not ds.is_absolute():  # as config.deepspeed_path: the launch directory first, then the shipped configs/
-        ds = base / ds if (base / ds).exists() else REPO_ROOT / ds
+    if not ds.is_absolute():  # as config.deepspeed_path: the launch directory first, then the shipped files
+        ds = base / ds if (base / ds).exists() else find_deepspeed(ds)
     train = dataclasses.replace(cfg.train, deepspeed_config=str(ds))
     model = cfg.model
     local = Path(model.name_or_path).expanduser()
