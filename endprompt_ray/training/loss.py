@@ -7,6 +7,8 @@ chunk under activation checkpointing: only the hidden states are kept for backwa
 recomputed there, so peak logits memory is one chunk's. Loss and gradients equal the plain ones (tested): the sum of
 per-token cross-entropies over all chunks divided by the number of trained tokens, as Hugging Face's causal-LM loss
 (labels shifted by one, -100 ignored).
+Under sequence parallelism (sequence_parallel.py) this path always runs: the model's own loss would shift the labels
+inside each shard.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from endprompt_ray.method.anchoring import IGNORE_INDEX
 from endprompt_ray.training.forward import attention_kwargs, training_forward
+from endprompt_ray.training.sequence_parallel import TARGETS, SequenceParallel, next_token_targets
 
-IGNORE_INDEX = -100
 
-
-def training_loss(model, batch: dict[str, torch.Tensor], attn_implementation: str, chunk_size: int = 0):
+def training_loss(model, batch: dict[str, torch.Tensor], attn_implementation: str, chunk_size: int = 0,
+                  sp: SequenceParallel | None = None):
     """Mean next-token loss of `batch`; `model` is a DeepSpeed engine or a Hugging Face causal LM.
-    chunk_size 0: the model's own loss (full logits); > 0: chunked as described above."""
-    if chunk_size <= 0:
+    chunk_size 0: the model's own loss (full logits); > 0: chunked as described above.
+    `sp`: `batch` is this rank's shard (sequence_parallel.shard_batch); the result is N times this shard's summed
+    loss over the tokens trained on in the whole SP group of N ranks (why N: sequence_parallel.py), so the group's
+    results add up to N times the sample's token-weighted mean (`SequenceParallel.sample_loss` gives the mean)."""
+    if sp is None and chunk_size <= 0:
         return training_forward(model, batch, attn_implementation).loss
     module = getattr(model, "module", model)  # the Hugging Face model inside a DeepSpeed engine
     captured = {}
@@ -31,24 +37,28 @@ def training_loss(model, batch: dict[str, torch.Tensor], attn_implementation: st
         lambda _mod, _args, output: captured.__setitem__("hidden", output.last_hidden_state))
     try:  # through the engine, so DeepSpeed's forward bookkeeping (ZeRO-3 gathering) runs as usual
         model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, logits_to_keep=1,
-              **attention_kwargs(batch["input_ids"], attn_implementation))
+              **attention_kwargs(batch["input_ids"], attn_implementation, sp.size if sp else 1))
     finally:
         handle.remove()
-    return chunked_lm_loss(captured["hidden"], module.get_output_embeddings(), batch["labels"], chunk_size)
+    targets = batch[TARGETS] if sp else next_token_targets(batch["labels"])
+    total, count = lm_loss_sum(captured["hidden"], module.get_output_embeddings(), targets, chunk_size)
+    if sp:
+        return sp.size * total / sp.total(count).clamp(min=1)
+    return total / count.clamp(min=1)
 
 
-def chunked_lm_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, chunk_size: int):
-    """Causal-LM loss of `head(hidden)` against `labels` (unshifted, as given to the model), `chunk_size` positions
-    at a time."""
-    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # position t predicts token t + 1
+def lm_loss_sum(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk_size: int):
+    """(summed cross-entropy of `head(hidden)` against `targets` (already shifted), number of trained targets).
+    chunk_size > 0: `chunk_size` positions at a time, each recomputed in backward. Every chunk runs even when all its
+    targets are ignored, so every rank calls the head equally often (ZeRO-3 gathers its weights collectively)."""
     count = (targets != IGNORE_INDEX).sum()
+    if chunk_size <= 0:
+        return _chunk_loss_sum(hidden, head, targets), count
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[1], chunk_size):
-        part = targets[:, start:start + chunk_size]
-        if (part != IGNORE_INDEX).any():
-            total = total + checkpoint(_chunk_loss_sum, hidden[:, start:start + chunk_size], head, part,
-                                       use_reentrant=False)
-    return total / count.clamp(min=1)
+        total = total + checkpoint(_chunk_loss_sum, hidden[:, start:start + chunk_size], head,
+                                   targets[:, start:start + chunk_size], use_reentrant=False)
+    return total, count
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
