@@ -3,7 +3,8 @@ installed wheel alike. Imports nothing of the project.
 
     endprompt_ray/presets/*.yaml            job presets          (--config tiny-cpu)
     endprompt_ray/presets/deepspeed/*.json  DeepSpeed configs    (train.deepspeed_config=zero3)
-    endprompt_ray/presets/spaces/*.yaml     sweep and LongRoPE search spaces (--space anchor_space)
+    endprompt_ray/presets/sweeps/*.yaml     Tune sweep spaces    (endprompt sweep --space anchor_space)
+    endprompt_ray/presets/rope_search/*.yaml  LongRoPE search settings (endprompt search-rope --space NAME)
     endprompt_ray/assets/tiny-base/         the toy base's weights and tokenizer
 
 Each is found by name (the file name without its extension) or by path; a path that exists, relative to the working
@@ -32,7 +33,8 @@ class ResourceKind:
 
 PRESET = ResourceKind("config file", "presets", ".yaml", "configs")
 DEEPSPEED = ResourceKind("DeepSpeed config", "presets/deepspeed", ".json", "configs/deepspeed")
-SPACE = ResourceKind("search space", "presets/spaces", ".yaml", "tune_spaces")
+SWEEP = ResourceKind("sweep file", "presets/sweeps", ".yaml", "tune_spaces")
+ROPE_SEARCH = ResourceKind("search file", "presets/rope_search", ".yaml", "tune_spaces")
 
 
 class ResourceNotFoundError(FileNotFoundError):
@@ -77,5 +79,9 @@ def find_deepspeed(name_or_path: str | Path) -> Path:
     return find(DEEPSPEED, name_or_path)
 
 
-def find_space(name_or_path: str | Path) -> Path:
-    return find(SPACE, name_or_path)
+def find_sweep(name_or_path: str | Path) -> Path:
+    return find(SWEEP, name_or_path)
+
+
+def find_rope_search(name_or_path: str | Path) -> Path:
+    return find(ROPE_SEARCH, name_or_path)

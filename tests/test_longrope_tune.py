@@ -162,7 +162,7 @@ def test_a_two_iteration_search_end_to_end(local_ray, tiny_dir, tmp_path, capsys
     module_spec.loader.exec_module(script)
     assert script.main(["--space", str(spec_file)]) == 0
     out = capsys.readouterr().out
-    assert "generation 2/2" in out and "fine-tune from it: python pipelines/extend.py --config" in out
+    assert "generation 2/2" in out and "fine-tune from it: endprompt extend --config" in out
     run_dir = tmp_path / "lr-e2e"
     rows = (run_dir / "candidates.csv").read_text().strip().splitlines()[1:]
     assert len(rows) == 12 == len({r.split(",")[3] for r in rows})  # 4 + 2 x (2 + 2), none twice

@@ -68,7 +68,7 @@ def test_script_reports_bad_input_with_exit_code_2(tmp_path, capsys):
 
 
 def test_default_space_crosses_three_dimensions_and_keeps_random_anchors_off_offsets():
-    spec = load_sweep(ROOT / "endprompt_ray" / "presets" / "spaces" / "anchor_space.yaml")
+    spec = load_sweep(ROOT / "endprompt_ray" / "presets" / "sweeps" / "anchor_space.yaml")
     dims = {d.key: d for d in dimensions(spec)}
     touched = {k for d in dims.values() for option in (d.options.values() or [{d.key: 0}]) for k in option}
     assert {"method.anchor", "method.anchor_offset", "method.prompt_source", "rope.factor"} <= touched
@@ -81,7 +81,7 @@ def test_default_space_crosses_three_dimensions_and_keeps_random_anchors_off_off
     cfg = plan.config({"anchor": "anchor=random", "prompt": "prompt_source=tail,tail_length=20", "rope.factor": 16})
     assert (cfg.method.anchor, cfg.method.prompt_source, cfg.method.tail_length, cfg.rope.factor) == (
         "random", "tail", 20, 16.0)
-    llama = load_sweep(ROOT / "endprompt_ray" / "presets" / "spaces" / "anchor_space_llama3.yaml")
+    llama = load_sweep(ROOT / "endprompt_ray" / "presets" / "sweeps" / "anchor_space_llama3.yaml")
     assert all("method.anchor_offset" not in o for o in dimensions(llama)[0].options.values()
                if o["method.anchor"] == "random")
 
@@ -212,7 +212,7 @@ def test_params_are_logged_in_batches_and_a_resume_adds_and_tags_instead_of_rewr
 
 def test_best_config_runs_unchanged_through_extend(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    spec = load_sweep(ROOT / "endprompt_ray" / "presets" / "spaces" / "anchor_space.yaml")
+    spec = load_sweep(ROOT / "endprompt_ray" / "presets" / "sweeps" / "anchor_space.yaml")
     base = base_config(spec)
     plan = TrialPlan(spec, dimensions(spec), base.to_dict(), str(tmp_path), "parent", "node")
     # values long enough that a default-width YAML dump of them would wrap out of the comment header
