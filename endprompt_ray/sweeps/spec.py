@@ -74,7 +74,7 @@ class SchedulerSpec:
 @dataclass
 class SweepSpec:
     name: str = "anchor-sweep"
-    base_config: str | None = None  # a configs/*.yaml preset; None: the built-in CPU default
+    base_config: str | None = None  # a preset's name or a YAML path; None: the built-in CPU default
     overrides: list[str] = field(default_factory=list)  # fixed for every trial, `a.b=c`
     space: dict = field(default_factory=dict)
     metric: str = "passkey/acc/target"  # reported once per trial, after its evaluation
@@ -106,7 +106,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None, **cha
     """Read, complete and check a sweep file. `changes`: command-line values for top-level keys (None: keep)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"sweep file {path} not found; the shipped ones are tune_spaces/*.yaml")
+        raise ConfigError(f"sweep file {path} not found; the shipped ones are in endprompt_ray/presets/sweeps/")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

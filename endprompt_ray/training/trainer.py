@@ -1,7 +1,7 @@
 """One Ray Train V2 + DeepSpeed trainer for every method (EndPrompt and all baselines differ only in their data).
 
 Each worker loads the model with the scaled RoPE config, wraps it in a DeepSpeed engine (ZeRO stage and offload from
-the JSON under configs/deepspeed/), builds its own micro-batches of every step from the training stream by position
+the JSON under presets/deepspeed/), builds its own micro-batches of every step from the training stream by position
 (data.SampleSource), and reports metrics and DeepSpeed checkpoints through `ray.train.report`. A checkpoint records
 the samples consumed, so running again with the same run name and storage path resumes at the first sample not yet
 trained on (resume.py checks the run is the same). The final report carries the exported model in `hf_model/`.
