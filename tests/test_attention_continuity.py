@@ -79,6 +79,14 @@ def test_flash_attention_kwargs_make_each_row_one_sequence():
     assert set(attention_kwargs(ids, "sdpa")) == {"attention_mask"}
 
 
+def test_flash_attention_kwargs_under_sequence_parallelism_cover_the_gathered_sequence():
+    """Each rank holds 5 of a row's 10 tokens, but flash attention runs on the whole gathered row."""
+    ids = torch.zeros(3, 5, dtype=torch.long)
+    kwargs = attention_kwargs(ids, "flash_attention_2", sequence_parallel=2)
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 10, 20, 30] and kwargs["max_length_q"] == 10
+    assert kwargs["attention_mask"].shape == (3, 5)  # the model's own (local) mask, dropped by the Ulysses wrapper
+
+
 # Names transformers documents for attn_implementation, and the hub kernels it falls back to for flash_attention_N
 FLASH_PATH = ["flash_attention_2", "flash_attention_3", "flash_attention_4", "paged|flash_attention_2",
               "kernels-community/flash-attn", "kernels-community/flash-attn2", "kernels-community/flash-attn3",

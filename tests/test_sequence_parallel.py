@@ -9,6 +9,7 @@ data parallelism does; the engine itself is checked too (ZeRO-2 and ZeRO-3).
 import copy
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,9 +137,8 @@ def _worker(rank, port, out_path):
             dist.all_reduce(grad)
             grad /= SP
         results["sharded"][name] = (torch.tensor(sp.sample_loss(loss)), grads)
-    model.gradient_checkpointing_disable()
-    results["kv"]["sharded"] = _sharded_logits(model.eval(), sp.shard(batches["endprompt_jump_inside"]), sp)[:, -b:]
-    model.train()
+    model.gradient_checkpointing_disable()  # train mode: in eval mode the wrapper steps aside for probes
+    results["kv"]["sharded"] = _sharded_logits(model, sp.shard(batches["endprompt_jump_inside"]), sp)[:, -b:]
     for stage in (2, 3):
         results["engine"][stage] = _engine_grads(model, batches["endprompt_jump_inside"], 0, sp, stage)
     # the trap, in the sharded call: a segment-1 token on rank 0 moves the loss of segment 2 (on rank 1)
@@ -224,3 +224,47 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="must divide the 3 workers"):
         data_parallel_place(0, 3, 2)
     assert [data_parallel_place(r, 4, 2) for r in range(4)] == [(0, 2), (0, 2), (1, 2), (1, 2)]
+
+
+@pytest.mark.slow
+def test_run_extend_at_sp2_on_zero3_resumes_at_sp1_and_follows_the_plain_run(local_ray, tmp_path):
+    """2 workers: SP = 2 (one data-parallel group, accumulation 2) trains steps 1-2 and checkpoints, the run
+    resumes at SP = 1 (2 data-parallel ranks) for steps 3-4; every step's loss equals the plain run's: same global
+    batch of 4 samples, same stream order, same gradient."""
+    from mlflow.tracking import MlflowClient
+
+    from endprompt_ray.config.loader import load_config
+    from endprompt_ray.jobs.extend import run_extend
+
+    def run(name, *overrides):
+        cfg = load_config(None, [f"run.output_dir={tmp_path}", f"run.name={name}", "eval.enabled=false",
+                                 "model.name_or_path=tiny", "train.report_every=1", "train.micro_batch_size=2",
+                                 "data.demo_documents=200", "train.learning_rate=3e-3", "train.warmup_steps=1",
+                                 "train.deepspeed_config=zero3.json", "train.checkpoint_every=2", *overrides])
+        result = run_extend(cfg)
+        history = MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "train/loss")
+        return result, [m.value for m in sorted(history, key=lambda m: m.step)]
+
+    _, plain = run("plain", "train.max_steps=4")
+    _, first = run("sp", "train.max_steps=2", "train.sequence_parallel=2")
+    resumed, rest = run("sp", "train.max_steps=4", "train.sequence_parallel=1")
+    assert len(plain) == 4 and len(first) == 2 and len(rest) == 4  # the resumed run's history holds steps 1-4
+    assert first + rest[2:] == pytest.approx(plain, rel=1e-4)
+    assert Path(resumed.model_dir).is_dir()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.sequence_parallel=3"], "train.sequence_parallel=3 must divide train.num_workers=2"),
+    (["train.num_workers=[2, 4]"], "needs a fixed train.num_workers"),
+    (["method.physical_length=255"], "must divide the training sequence of 255 tokens \\(method.physical_length\\)"),
+    (["method.kind=full_length", "method.target_length=1025"], "1025 tokens \\(method.target_length\\)"),
+    (["model.attn_implementation=eager"], "'eager' cannot run with train.sequence_parallel=2"),
+    (["train.sequence_parallel=0"], "must be at least 1"),
+])
+def test_config_refuses_what_cannot_be_split(overrides, message):
+    from endprompt_ray.config.loader import load_config
+    from endprompt_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["train.sequence_parallel=2", *overrides])
+    load_config(None, ["train.sequence_parallel=2", "train.num_workers=4"])

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.method.anchoring import METHODS
+from endprompt_ray.models.attention import uses_flash_path
 from endprompt_ray.models.loading import TinySpec
 from endprompt_ray.models.lora import LoraSpec
 from endprompt_ray.models.s2_attention import LONGLORA_GROUP_FRACTION, check_s2_attention
@@ -85,6 +86,7 @@ class TrainConfig:
     report_every: int = 10  # steps per metrics report (losses and times are averaged over them)
     gradient_checkpointing: bool = True
     loss_chunk_size: int = 0  # > 0: loss over this many positions at a time, never the full logits (loss.py)
+    sequence_parallel: int = 1  # N > 1: each sample's sequence split over N workers (Ulysses); DP = workers / N
     bf16: bool | None = None  # None: on with GPUs, off on CPU
     max_failures: int = 0
     lora: LoraSpec = field(default_factory=LoraSpec)  # LoRA / LongLoRA baseline (lora.py)
@@ -225,6 +227,23 @@ class ExtendConfig:
                 raise ConfigError("train.elastic_resize_interval_s must be >= 0")
         if t.max_steps < 0:
             raise ConfigError("train.max_steps must be >= 0")
+        if t.sequence_parallel < 1:
+            raise ConfigError(f"train.sequence_parallel={t.sequence_parallel} must be at least 1 (1: off)")
+        if t.sequence_parallel > 1:
+            if self.worker_range:
+                raise ConfigError(f"train.sequence_parallel={t.sequence_parallel} needs a fixed train.num_workers (an "
+                                  f"elastic {list(workers)} may resize to a count it does not divide)")
+            if workers % t.sequence_parallel:
+                raise ConfigError(f"train.sequence_parallel={t.sequence_parallel} must divide train.num_workers="
+                                  f"{workers} (each group of that many workers trains one sample's sequence)")
+            length_field = "target_length" if m.kind == "full_length" else "physical_length"
+            if getattr(m, length_field) % t.sequence_parallel:
+                raise ConfigError(f"train.sequence_parallel={t.sequence_parallel} must divide the training sequence of "
+                                  f"{getattr(m, length_field)} tokens (method.{length_field})")
+            attn = self.model.attn_implementation
+            if attn != "sdpa" and not uses_flash_path(attn):
+                raise ConfigError(f"model.attn_implementation={attn!r} cannot run with train.sequence_parallel="
+                                  f"{t.sequence_parallel}: use sdpa or a flash-attention implementation")
         if t.warmup_steps < 0 or t.loss_chunk_size < 0:
             raise ConfigError("train.warmup_steps and train.loss_chunk_size must be >= 0 (0: no warm-up / no chunking)")
         try:

@@ -11,7 +11,8 @@ position in that order, its token count and a key (a hash of its text). From the
     position   the global sample stream is epoch 0's units, then epoch 1's, ...: position p is unit
                order_e[p mod N] of epoch e = p div N, for N units per epoch.
     step       an optimizer step takes a contiguous block of micro_batch x grad_accum x world positions and
-               worker r of `world` takes the r-th slice of it, micro-batch after micro-batch.
+               worker r of `world` takes the r-th slice of it, micro-batch after micro-batch. Under sequence
+               parallelism `world` counts data-parallel groups: the N workers of a group share its slice.
 
 Nothing here depends on how a data system cuts the corpus into blocks or batches, or on the number of workers or
 CPUs, so a run resumed at any world size continues at the first position not yet trained on: a checkpoint needs to

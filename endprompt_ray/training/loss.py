@@ -32,6 +32,9 @@ def training_loss(model, batch: dict[str, torch.Tensor], attn_implementation: st
     if sp is None and chunk_size <= 0:
         return training_forward(model, batch, attn_implementation).loss
     module = getattr(model, "module", model)  # the Hugging Face model inside a DeepSpeed engine
+    if sp and not module.training:
+        raise RuntimeError("a sharded batch needs the model in train mode: in eval mode the Ulysses attention steps "
+                           "aside and each rank would attend within its own shard only")
     captured = {}
     handle = module.get_decoder().register_forward_hook(
         lambda _mod, _args, output: captured.__setitem__("hidden", output.last_hidden_state))

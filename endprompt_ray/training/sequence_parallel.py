@@ -104,7 +104,8 @@ def check_model(size: int, num_heads: int, num_kv_heads: int, attn_implementatio
 
 def enable_sequence_parallel(model, attn_implementation: str, size: int, micro_batch: int) -> SequenceParallel | None:
     """Build the SP groups (a collective: every rank calls it) and route the model's attention through DeepSpeed's
-    Ulysses wrapper; None at size 1. Once per process: the wrapper replaces the implementation for every model."""
+    Ulysses wrapper; None at size 1. Once per process: the wrapper replaces the implementation for every model.
+    In eval mode the wrapper steps aside (`disable_in_eval`): a probe scores whole sequences on every rank."""
     if size == 1:
         return None
     import deepspeed.comm as dist
@@ -115,5 +116,5 @@ def enable_sequence_parallel(model, attn_implementation: str, size: int, micro_b
     data_parallel_place(dist.get_rank(), dist.get_world_size(), size)  # the clear error before DeepSpeed's assert
     mpu = UlyssesSPAttentionHF.register_with_transformers(
         model_name_or_path=model, core_attn_implementation=attn_implementation, sequence_parallel_size=size,
-        micro_batch_size=micro_batch, seq_length_is_variable=True)
+        micro_batch_size=micro_batch, seq_length_is_variable=True, disable_in_eval=True)
     return SequenceParallel(size=size, rank=mpu.get_sequence_parallel_rank(), group=mpu.get_sequence_parallel_group())

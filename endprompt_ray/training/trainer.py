@@ -5,6 +5,8 @@ the JSON under presets/deepspeed/), builds its own micro-batches of every step f
 (data.SampleSource), and reports metrics and DeepSpeed checkpoints through `ray.train.report`. A checkpoint records
 the samples consumed, so running again with the same run name and storage path resumes at the first sample not yet
 trained on (resume.py checks the run is the same). The final report carries the exported model in `hf_model/`.
+With train.sequence_parallel = N, every N consecutive workers train one data-parallel rank's samples together, each
+on 1/N of every sequence (sequence_parallel.py); the global batch and the stream order stay those of the run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from endprompt_ray.rope.scaling import scaled_config
 from endprompt_ray.training.loss import training_loss
 from endprompt_ray.training.resume import PROGRESS_FILE, Progress
 from endprompt_ray.training.schedule import lr_scheduler_factory
+from endprompt_ray.training.sequence_parallel import SequenceParallel, data_parallel_place, enable_sequence_parallel
 from endprompt_ray.training.universal import (client_state, load_universal, saved_world_size, to_universal,
                                               universal_config)
 
@@ -104,12 +107,15 @@ def _proc_status_mb(field: str) -> float | None:
     return next((int(line.split()[1]) / 1024 for line in lines if line.startswith(f"{field}:")), None)
 
 
-def _micro_batches(source, samples: int, micro_batch: int, accumulation: int, rank: int, world: int, device):
-    """This worker's micro-batches of the optimizer step that begins at stream position `samples` (data.py)."""
+def _micro_batches(source, samples: int, micro_batch: int, accumulation: int, rank: int, world: int, device,
+                   sp: SequenceParallel | None = None):
+    """The micro-batches of data-parallel rank `rank` of `world` in the optimizer step that begins at stream position
+    `samples` (data.py); with `sp`, this worker's shard of each."""
     import torch
 
-    return [{k: torch.from_numpy(v).to(device=device, dtype=torch.long) for k, v in batch.items()}
-            for batch in source.micro_batches(samples, micro_batch, accumulation, rank, world)]
+    batches = [{k: torch.from_numpy(v).to(device=device, dtype=torch.long) for k, v in batch.items()}
+               for batch in source.micro_batches(samples, micro_batch, accumulation, rank, world)]
+    return [sp.shard(batch) for batch in batches] if sp else batches
 
 
 class _Window:
@@ -156,8 +162,9 @@ def _quiet_report_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def _build_engine(cfg: ExtendConfig, ds_config: dict):
-    """(the DeepSpeed engine around the model with the scaled RoPE config, whether it is ZeRO-3)."""
+def _build_engine(cfg: ExtendConfig, ds_config: dict) -> tuple:
+    """(the DeepSpeed engine around the model with the scaled RoPE config, whether it is ZeRO-3, this rank's
+    SequenceParallel or None)."""
     import deepspeed
     import torch
 
@@ -173,13 +180,14 @@ def _build_engine(cfg: ExtendConfig, ds_config: dict):
     model = load_model(cfg.model.name_or_path, config=model_config, attn_implementation=cfg.model.attn_implementation,
                        dtype=dtype, tiny=cfg.model.tiny)
     model.config.use_cache = False
+    sp = enable_sequence_parallel(model, cfg.model.attn_implementation, t.sequence_parallel, t.micro_batch_size)
     if t.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model = apply_lora(model, t.lora)  # after (ZeRO-3 partitioned) loading, before the engine; no-op when off
     engine, _, _, _ = deepspeed.initialize(
         model=model, config=ds_config, model_parameters=[p for p in model.parameters() if p.requires_grad],
         lr_scheduler=lr_scheduler_factory(t.lr_schedule, t.warmup_steps, cfg.train_steps, t.min_lr_ratio))
-    return engine, zero3
+    return engine, zero3, sp
 
 
 def _load_state(engine, ckpt_dir: Path, progress: Progress, resized: bool, ctx) -> None:
@@ -223,6 +231,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     _quiet_report_logs()
     t, ctx = cfg.train, ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data_rank, data_world = data_parallel_place(rank, world, t.sequence_parallel)  # one per SP group
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.run.seed)
 
@@ -234,12 +243,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         ckpt_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
         progress = Progress.read(ckpt_dir / PROGRESS_FILE) if ckpt_dir else None
         global_batch = progress.global_batch if progress else cfg.global_batch
-        accumulation = accumulation_steps(global_batch, t.micro_batch_size, world)
+        accumulation = accumulation_steps(global_batch, t.micro_batch_size, data_world)
         # ZeRO shards are per rank: another world size re-partitions them. DeepSpeed's own record of the ranks that
         # wrote the checkpoint also refuses one with missing rank files (a partial copy) before anything loads.
         resized = ckpt_dir is not None and saved_world_size(ckpt_dir, STATE_TAG) != world
-        ds_config = deepspeed_config(cfg, world, accumulation)
-        engine, zero3 = _build_engine(cfg, universal_config(ds_config) if resized else ds_config)
+        ds_config = deepspeed_config(cfg, world, accumulation)  # DeepSpeed sees `world` plain data-parallel ranks
+        engine, zero3, sp = _build_engine(cfg, universal_config(ds_config) if resized else ds_config)
         if ckpt_dir:
             _load_state(engine, ckpt_dir, progress, resized, ctx)
     step, samples = (progress.step, progress.samples) if progress else (0, 0)
@@ -271,11 +280,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     window = _Window()  # this rank's losses, seconds and tokens since the last report
     while step < max_steps:
         started, lr = time.perf_counter(), engine.get_lr()[0]  # the rate this step trains with
-        for batch in _micro_batches(source, samples, t.micro_batch_size, accumulation, rank, world, device):
-            loss = training_loss(engine, batch, cfg.model.attn_implementation, t.loss_chunk_size)
+        for batch in _micro_batches(source, samples, t.micro_batch_size, accumulation, data_rank, data_world, device,
+                                    sp):
+            loss = training_loss(engine, batch, cfg.model.attn_implementation, t.loss_chunk_size, sp)
             engine.backward(loss)
             engine.step()
-            window.add_micro(loss.detach().float().item(), int(batch["input_ids"].numel()))
+            window.add_micro(sp.sample_loss(loss) if sp else loss.detach().float().item(),
+                             int(batch["input_ids"].numel()))
         step, samples, epoch = step + 1, samples + global_batch, source.epoch_of(samples)
         window.end_step(time.perf_counter() - started)
         if board is not None:
