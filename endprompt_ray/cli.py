@@ -121,14 +121,19 @@ def load_command(name: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
-        prog="endprompt", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="endprompt", usage="endprompt [-h] COMMAND [ARGS ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Extend the context window of RoPE (LLaMA-family) models on Ray.",
         epilog="commands:\n" + "\n".join(f"  {name:<15} {summary}" for name, (_, summary) in COMMANDS.items())
                + "\n\n`endprompt COMMAND --help` shows a command's options (extend: every config field).")
-    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands below")
     args = parser.parse_args(argv[:1])  # the command's arguments (its --help included) are its own to parse
-    return load_command(args.command)(argv[1:])
+    command = load_command(args.command)
+    program, sys.argv[0] = sys.argv[0], f"endprompt {args.command}"  # argparse's default prog, for usage lines
+    try:
+        return command(argv[1:])
+    finally:
+        sys.argv[0] = program
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The package works installed: a wheel of the checkout, installed non-editable, runs the default job from an empty
 directory with no checkout in reach, and ships its presets and DeepSpeed configs."""
 
+import inspect
+import json
 import os
 import shutil
 import subprocess
@@ -10,14 +12,44 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # builds a wheel; the job runs Ray Train + DeepSpeed
+from endprompt_ray.cli import COMMANDS, load_command
+from endprompt_ray.resources import ResourceNotFoundError, find_deepspeed, find_preset, find_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["endprompt_ray/presets/tiny-cpu.yaml", "endprompt_ray/presets/llama3-8b-64k.yaml",
            "endprompt_ray/presets/smollm2-135m.yaml", "endprompt_ray/presets/deepspeed/zero2.json",
            "endprompt_ray/presets/deepspeed/zero3.json", "endprompt_ray/presets/deepspeed/zero3_offload.json",
-           "endprompt_ray/presets/sweeps/anchor_space.yaml", "endprompt_ray/presets/rope_search/rope_search_llama3.yaml",
+           "endprompt_ray/presets/sweeps/anchor_space.yaml",
+           "endprompt_ray/presets/rope_search/rope_search_llama3.yaml",
            "endprompt_ray/assets/tiny-base/config.json"]
+
+
+def test_shipped_files_are_found_by_name_by_former_path_and_a_real_path_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = find_deepspeed("zero3")
+    assert json.loads(shipped.read_text())["zero_optimization"]["stage"] == 3
+    assert find_deepspeed("zero3.json") == find_deepspeed("configs/deepspeed/zero3.json") == shipped
+    assert find_sweep("tune_spaces/anchor_space.yaml") == find_sweep("anchor_space")
+    (tmp_path / "zero3.json").write_text("{}")  # one's own file of the same name, in the working directory
+    assert find_deepspeed("zero3.json") == tmp_path / "zero3.json"
+    assert find_deepspeed("zero3") == shipped
+    with pytest.raises(ResourceNotFoundError, match="shipped: llama3-8b-64k, smollm2-135m, tiny-cpu"):
+        find_preset("llama3-8b-4k")
+    with pytest.raises(ResourceNotFoundError, match="zero2, zero3, zero3_offload"):
+        find_deepspeed(tmp_path / "elsewhere" / "zero2.json")  # a path that does not exist is not a name
+
+
+def test_every_command_is_a_main_taking_argv():
+    for name in COMMANDS:
+        command = load_command(name)
+        assert list(inspect.signature(command).parameters) == ["argv"], name
+
+
+def test_endprompt_help_imports_neither_ray_nor_deepspeed_nor_torch():
+    probe = ("import sys\nfrom endprompt_ray.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'deepspeed', 'torch', 'transformers'}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "extend" in out and out.strip().splitlines()[-1] == "[]", out
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +76,10 @@ def installed(tmp_path_factory):
 
 
 def _run(args, cwd, env, timeout=60):
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+@pytest.mark.slow  # builds a wheel
 def test_the_wheel_ships_presets_deepspeed_configs_and_the_console_script(installed):
     wheel, site, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -56,6 +89,7 @@ def test_the_wheel_ships_presets_deepspeed_configs_and_the_console_script(instal
     assert (site / "bin" / "endprompt").is_file()
 
 
+@pytest.mark.slow  # builds a wheel; the job runs Ray Train + DeepSpeed
 def test_the_installed_package_runs_its_default_job_from_an_empty_directory(installed, tmp_path):
     _, site, env = installed
     work = tmp_path / "empty"

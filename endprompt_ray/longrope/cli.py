@@ -24,7 +24,12 @@ import yaml
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.jobs.extend import quiet_logs
 from endprompt_ray.longrope.tune import load_spec, run_search
-from endprompt_ray.resources import ROPE_SEARCH, ResourceNotFoundError, find_rope_search, shipped
+from endprompt_ray.resources import (
+    ROPE_SEARCH,
+    ResourceNotFoundError,
+    find_rope_search,
+    shipped,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
