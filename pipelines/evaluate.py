@@ -1,178 +1,20 @@
-"""Evaluate a model directory on RULER, passkey, perplexity (and LongBench); print tables, optionally log to MLflow.
+"""Evaluate a model directory on RULER, passkey, perplexity (and LongBench): `endprompt_ray.jobs.evaluate` as a
+script, for `ray job submit --working-dir . -- python pipelines/evaluate.py ...` and the README's commands.
 
-    python pipelines/evaluate.py --model DIR --lengths 4096,8192 --tasks niah_single_1,vt --samples 10 --output out/
-    python pipelines/evaluate.py --model tiny --lengths 1024 --samples 2          # the locally built tiny model
     python pipelines/evaluate.py --model DIR --suites passkey,report_code,ppl --lengths 256,1024,2048
-
-Default: every RULER task whose data is available, at the model's window (config.max_position_embeddings).
-Suites: ruler (default), passkey (Landmark's passkey by length x depth), report_code (recall the demo corpus's
-station code from the document head), ppl (perplexity by length on held-out documents).
-Under `ray job submit` it attaches to the cluster; standalone it starts a local Ray only when it spreads work over
-several GPUs.
+    python pipelines/evaluate.py --help                                           # every option
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout even when not pip-installed
 
-from endprompt_ray.config.schema import ExtendConfig  # noqa: E402
-from endprompt_ray.eval.ruler.tasks import ALL_TASKS  # noqa: E402
+from endprompt_ray.jobs.evaluate import build_parser, main, parse_args  # noqa: E402
 
-# The seed pipelines/extend.py evaluates with (run.seed), so that by default both draw the same RULER and passkey
-# samples and their numbers compare.
-DEFAULT_SEED = ExtendConfig().run.seed
-
-SUITES = ("ruler", "passkey", "report_code", "ppl")
-
-
-def _csv(kind):
-    def parse(text: str):
-        try:
-            return [kind(x.strip()) for x in text.split(",") if x.strip()]
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {err}") from err
-    return parse
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory (config.json + weights + tokenizer), or 'tiny'")
-    p.add_argument("--lengths", type=_csv(int), help="comma-separated target lengths in tokens "
-                                                     "(default: the model's max_position_embeddings)")
-    p.add_argument("--tasks", type=_csv(str), help="comma-separated RULER tasks (default: all that can run):\n"
-                                                   + ", ".join(ALL_TASKS))
-    p.add_argument("--samples", type=int, default=10,
-                   help="samples per RULER task and length, and per passkey length and depth (default 10)")
-    p.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                   help=f"seed of the RULER and passkey samples (default {DEFAULT_SEED}, the default run.seed of "
-                        "pipelines/extend.py)")
-    p.add_argument("--essay", help="essay haystack corpus: a text/JSON/JSONL file or a folder of them")
-    p.add_argument("--squad", help="SQuAD v2 dev JSON (qa_1)")
-    p.add_argument("--hotpotqa", help="HotpotQA dev-distractor JSON (qa_2)")
-    p.add_argument("--workers", type=int, help="Ray actors for generation (default: one per GPU when 2+ GPUs; 0: none)")
-    p.add_argument("--suites", type=_csv(str), default=["ruler"],
-                   help="comma-separated suites (default ruler): " + ", ".join(SUITES))
-    p.add_argument("--passkey-depths", type=_csv(float),
-                   help="passkey needle depths, fractions of the filler (default 0,0.25,0.5,0.75,1); --samples "
-                        "samples per length and depth")
-    p.add_argument("--ppl-documents", metavar="PATH",
-                   help="held-out text for ppl: .txt/.md (one document per file), .jsonl, or a folder\n"
-                        "(default: demo-corpus reports from a held-out seed)")
-    p.add_argument("--ppl-text-field", default="text", help="document field in --ppl-documents .jsonl (default text)")
-    p.add_argument("--ppl-num-documents", type=int, default=8,
-                   help="first N held-out documents, or N demo documents (default 8)")
-    p.add_argument("--ppl-tail-tokens", type=int, default=32, help="tail loss over the last K tokens (default 32)")
-    p.add_argument("--skip-ruler", action="store_true", help="leave ruler out of --suites (e.g. to run only LongBench)")
-    p.add_argument("--longbench", metavar="DIR", help="also run LongBench from DIR/data/<dataset>.jsonl")
-    p.add_argument("--longbench-datasets", type=_csv(str),
-                   help="comma-separated LongBench datasets (default: all found)")
-    p.add_argument("--longbench-samples", type=int, help="first N rows per LongBench dataset (default: all)")
-    p.add_argument("--longbench-length", type=int, help="LongBench window (default: the model's)")
-    p.add_argument("--output", default="eval_output", help="output folder (default ./eval_output)")
-    p.add_argument("--mlflow-uri", help="log to this MLflow tracking URI, e.g. sqlite:///mlflow.db")
-    p.add_argument("--experiment", default="endprompt-ray-eval", help="MLflow experiment (with --mlflow-uri)")
-    p.add_argument("--run-name", help="MLflow run name")
-    return p.parse_args(argv)
-
-
-def _suites(args: argparse.Namespace) -> list[str]:
-    from endprompt_ray.eval.errors import EvalInputError
-
-    unknown = [x for x in args.suites if x not in SUITES]
-    if unknown:
-        raise EvalInputError(f"unknown suite(s) {', '.join(unknown)} in --suites; choose from {', '.join(SUITES)}")
-    return [x for x in SUITES if x in args.suites and not (x == "ruler" and args.skip_ruler)]
-
-
-def evaluate(args: argparse.Namespace) -> list[str]:
-    import torch
-
-    from endprompt_ray.eval.generation import load_model_and_tokenizer
-    from endprompt_ray.eval.longbench import LongBenchSettings, format_longbench, run_longbench
-    from endprompt_ray.eval.passkey import PasskeySettings, format_passkey, run_passkey
-    from endprompt_ray.eval.perplexity import PerplexitySettings, format_perplexity, run_perplexity
-    from endprompt_ray.eval.ruler import RulerSettings, format_table, run_ruler
-    from endprompt_ray.models.loading import load_config, resolve_model_path
-
-    suites = _suites(args)
-    path = resolve_model_path(args.model)
-    out = Path(args.output)
-    lengths = args.lengths or [int(load_config(path).max_position_embeddings)]
-    # One in-process model serves every suite unless RULER spreads over Ray actors (they load their own).
-    shared = None
-    if len(suites) + bool(args.longbench) > 1 and not args.workers and torch.cuda.device_count() <= 1:
-        shared = load_model_and_tokenizer(path)
-    model, tokenizer = shared or (path, None)
-    results, tables = {}, []
-    if "ruler" in suites:
-        settings = RulerSettings(lengths=lengths, tasks=args.tasks, num_samples=args.samples,
-                                 batch_size=args.batch_size, seed=args.seed, essay_path=args.essay,
-                                 squad_path=args.squad, hotpotqa_path=args.hotpotqa, workers=args.workers)
-        results["ruler"] = run_ruler(model, tokenizer, settings, out / "ruler")
-        tables.append("RULER\n" + format_table(results["ruler"]))
-    for probe in ("passkey", "report_code"):
-        if probe in suites:
-            settings = PasskeySettings(lengths=lengths, depths=args.passkey_depths if probe == "passkey" else None,
-                                       num_samples=args.samples, batch_size=args.batch_size, seed=args.seed,
-                                       probe=probe)
-            results[probe] = run_passkey(model, tokenizer, settings, out / probe)
-            tables.append(format_passkey(results[probe]))
-    if "ppl" in suites:
-        settings = PerplexitySettings(lengths=lengths, documents_path=args.ppl_documents,
-                                      text_field=args.ppl_text_field, num_documents=args.ppl_num_documents,
-                                      tail_tokens=args.ppl_tail_tokens, batch_size=args.batch_size)
-        results["ppl"] = run_perplexity(model, tokenizer, settings, out / "perplexity")
-        tables.append("Perplexity\n" + format_perplexity(results["ppl"]))
-    if args.longbench:
-        settings = LongBenchSettings(args.longbench, args.longbench_datasets, args.longbench_samples,
-                                     args.longbench_length, args.batch_size)
-        results["longbench"] = run_longbench(model, tokenizer, settings, out / "longbench")
-        tables.append("LongBench\n" + format_longbench(results["longbench"]))
-    if args.mlflow_uri:
-        _log(args, path, lengths, results)
-    return tables
-
-
-def _log(args: argparse.Namespace, path: str, lengths: list[int], results: dict) -> None:
-    import mlflow
-
-    from endprompt_ray.eval.longbench import log_longbench_to_mlflow
-    from endprompt_ray.eval.passkey import log_passkey_to_mlflow
-    from endprompt_ray.eval.perplexity import log_perplexity_to_mlflow
-    from endprompt_ray.eval.ruler import log_ruler_to_mlflow
-    from endprompt_ray.runtime.tracking import experiment_id
-
-    loggers = {"ruler": log_ruler_to_mlflow, "passkey": log_passkey_to_mlflow, "report_code": log_passkey_to_mlflow,
-               "ppl": log_perplexity_to_mlflow, "longbench": log_longbench_to_mlflow}
-    mlflow.set_tracking_uri(args.mlflow_uri)
-    experiment = experiment_id(mlflow.MlflowClient(), args.experiment)
-    with mlflow.start_run(experiment_id=experiment, run_name=args.run_name):
-        mlflow.log_params({"model": path, "lengths": ",".join(map(str, lengths)), "suites": ",".join(results),
-                           "tasks": ",".join(args.tasks) if args.tasks else "all", "samples": args.samples,
-                           "seed": args.seed})
-        for suite, result in results.items():
-            loggers[suite](result)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from endprompt_ray.eval.errors import EvalInputError
-    from endprompt_ray.errors import ModelLoadError
-
-    try:
-        tables = evaluate(args)
-    except (EvalInputError, ModelLoadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print("\n\n".join(tables))
-    print(f"\nfiles under {Path(args.output).resolve()}")
-    return 0
-
+__all__ = ["build_parser", "main", "parse_args"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,8 @@
 """Evaluation after training: each suite (passkey, perplexity, RULER) on the extended model and, for the
 before/after comparison, on the base model as it was and with RoPE scaling alone (no training).
 
-Every variant is loaded once and every suite runs on the loaded model. The trained model's scores are logged under
+Every variant is loaded once and its suites run on the loaded model through the one suite runner (`eval.suites`,
+which resets a dynamic-NTK rotary cache before each suite). The trained model's scores are logged under
 the suites' own metric names (`passkey/acc/2048`, `ppl/2048`, `ruler/avg`), the comparison rows under
 `compare/<variant>/...`; the table and its figure go to MLflow as artifacts.
 """
@@ -14,14 +15,12 @@ from pathlib import Path
 
 from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.eval.generation import load_model_and_tokenizer
-from endprompt_ray.eval.passkey import PasskeySettings, log_passkey_to_mlflow, run_passkey
-from endprompt_ray.eval.perplexity import PerplexitySettings, log_perplexity_to_mlflow, run_perplexity
-from endprompt_ray.eval.ruler import RulerSettings, log_ruler_to_mlflow, run_ruler
+from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites, log_suites, suite_scores, suite_settings
 from endprompt_ray.models.loading import load_config, load_model, load_tokenizer
 from endprompt_ray.plotting import pyplot
-from endprompt_ray.rope.scaling import describe, extension_window, reset_dynamic_rope, scaled_config
+from endprompt_ray.rope.scaling import describe, extension_window, scaled_config
 
-SUITES = ("passkey", "ppl", "ruler")
+SUITES = ("passkey", "ppl", "ruler")  # the job's suites (eval.suites), in the order it runs them and the table's
 
 
 @dataclass
@@ -50,11 +49,19 @@ def eval_lengths(cfg: ExtendConfig, original_window: int | None = None) -> list[
     return sorted(set(cfg.eval.lengths or [n for n in (original_window, L // 2, L) if 0 < n <= L]))
 
 
+def suite_options(cfg: ExtendConfig) -> SuiteOptions:
+    """The suites' options from the `eval` section; RULER runs at eval.lengths, else at the target only."""
+    e = cfg.eval
+    return SuiteOptions(seed=cfg.run.seed, batch_size=e.batch_size, passkey_samples=e.passkey_samples,
+                        passkey_depths=e.passkey_depths or None, ppl_documents=e.ppl_documents,
+                        ppl_num_documents=e.ppl_num_documents, ruler_tasks=e.tasks or None,
+                        ruler_samples=e.num_samples, essay_path=e.essay_path, squad_path=e.squad_path,
+                        hotpotqa_path=e.hotpotqa_path,
+                        overrides={"ruler": {"lengths": e.lengths or [cfg.method.target_length]}})
+
+
 def ruler_settings(cfg: ExtendConfig):
-    return RulerSettings(lengths=cfg.eval.lengths or [cfg.method.target_length], tasks=cfg.eval.tasks or None,
-                         num_samples=cfg.eval.num_samples, batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
-                         essay_path=cfg.eval.essay_path, squad_path=cfg.eval.squad_path,
-                         hotpotqa_path=cfg.eval.hotpotqa_path)
+    return suite_settings("ruler", suite_options(cfg), cfg.eval.lengths or [cfg.method.target_length])
 
 
 def _variants(cfg: ExtendConfig, model_dir: Path):
@@ -83,35 +90,9 @@ def final_variant(cfg: ExtendConfig) -> str:
 
 
 def run_suites(cfg: ExtendConfig, model, tokenizer, lengths: list[int], out_dir: Path) -> dict:
-    """{suite: result} for the configured suites on one loaded model."""
-    e, results = cfg.eval, {}
-    if "passkey" in e.suites:
-        reset_dynamic_rope(model)  # each suite runs its lengths in ascending order from the original frequencies
-        results["passkey"] = run_passkey(model, tokenizer, PasskeySettings(
-            lengths=lengths, depths=e.passkey_depths or None, num_samples=e.passkey_samples,
-            batch_size=e.batch_size, seed=cfg.run.seed), out_dir / "passkey")
-    if "ppl" in e.suites:
-        reset_dynamic_rope(model)
-        results["ppl"] = run_perplexity(model, tokenizer, PerplexitySettings(
-            lengths=lengths, documents_path=e.ppl_documents, num_documents=e.ppl_num_documents,
-            batch_size=e.batch_size), out_dir / "ppl")
-    if "ruler" in e.suites:
-        reset_dynamic_rope(model)
-        results["ruler"] = run_ruler(model, tokenizer, ruler_settings(cfg), out_dir / "ruler")
-    return results
-
-
-def _scores(results: dict) -> dict[str, dict[int, float]]:
-    out = {}
-    if "passkey" in results:
-        out["passkey"] = dict(results["passkey"].by_length)
-        out["passkey_early"] = dict(results["passkey"].early_by_length)  # needle in the first half
-        out["passkey_late"] = dict(results["passkey"].late_by_length)
-    if "ppl" in results:
-        out["ppl"] = dict(results["ppl"].ppl)
-    if "ruler" in results:
-        out["ruler"] = dict(results["ruler"].averages)
-    return out
+    """{suite: result} for the configured suites on one loaded model (the runner resets dynamic NTK before each)."""
+    return evaluate_suites(model, tokenizer, [s for s in SUITES if s in cfg.eval.suites], lengths, out_dir,
+                           suite_options(cfg))
 
 
 def evaluate_after_training(cfg: ExtendConfig, model_dir: Path) -> EvalReport:
@@ -125,14 +106,10 @@ def evaluate_after_training(cfg: ExtendConfig, model_dir: Path) -> EvalReport:
         model, tokenizer = load()
         results = run_suites(cfg, model, tokenizer, lengths, root / variant)
         del model
-        report.scores[variant], report.labels[variant] = _scores(results), label
+        report.scores[variant], report.labels[variant] = suite_scores(results), label
         if variant == final_variant(cfg):
-            if "passkey" in results:
-                log_passkey_to_mlflow(results["passkey"], artifact_path="eval/passkey")
-            if "ppl" in results:
-                log_perplexity_to_mlflow(results["ppl"], artifact_path="eval/ppl")
+            log_suites(results, artifact_root="eval")
             if "ruler" in results:
-                log_ruler_to_mlflow(results["ruler"], artifact_path="eval/ruler")
                 r = results["ruler"]
                 report.ruler = {"overall": r.overall, "averages": r.averages, "covered_tasks": list(r.covered_tasks),
                                 "skipped": dict(r.skipped), "files": {k: str(v) for k, v in r.files.items()}}

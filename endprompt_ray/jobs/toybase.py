@@ -21,12 +21,10 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-
 from endprompt_ray.config.loader import load_config
 from endprompt_ray.corpora.toy import toy_documents
 from endprompt_ray.eval.generation import load_model_and_tokenizer
-from endprompt_ray.eval.passkey import PasskeySettings, run_passkey
-from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
+from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites
 from endprompt_ray.jobs.extend import quiet_logs, run_extend
 from endprompt_ray.models.loading import TOY_BASE, build_tiny_model
 from endprompt_ray.models.toy import ToyBaseSpec, build_toy_tokenizer
@@ -74,9 +72,9 @@ def build_toy_base(destination: Path = TOY_BASE_DIR, spec: ToyBaseSpec = ToyBase
 def score_toy_base(model_dir: Path, out_dir: Path, lengths=(256, 2048), samples: int = 8) -> dict:
     """Passkey accuracy (%) and perplexity by length: the window it must pass and 8x the window it must fail."""
     model, tokenizer = load_model_and_tokenizer(str(model_dir))
-    passkey = run_passkey(model, tokenizer, PasskeySettings(lengths=list(lengths), num_samples=samples,
-                                                            batch_size=8), out_dir / "passkey")
-    ppl = run_perplexity(model, tokenizer, PerplexitySettings(lengths=list(lengths), batch_size=4), out_dir / "ppl")
+    options = SuiteOptions(passkey_samples=samples, overrides={"passkey": {"batch_size": 8}, "ppl": {"batch_size": 4}})
+    results = evaluate_suites(model, tokenizer, ["passkey", "ppl"], list(lengths), out_dir, options)
+    passkey, ppl = results["passkey"], results["ppl"]
     return {"passkey": {int(n): v for n, v in passkey.by_length.items()},
             "passkey_by_depth": {int(n): {f"{d:g}": v for d, v in by.items()} for n, by in passkey.accuracy.items()},
             "ppl": {int(n): round(v, 3) for n, v in ppl.ppl.items()},

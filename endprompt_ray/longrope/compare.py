@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from endprompt_ray.eval.passkey import PasskeySettings, run_passkey
-from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
+from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites
 from endprompt_ray.models.loading import load_config, load_model, load_tokenizer
-from endprompt_ray.rope.scaling import RopeScaling, describe, reset_dynamic_rope, scaled_config
+from endprompt_ray.rope.scaling import RopeScaling, describe, scaled_config
 
 
 def compare(model: str, targets: dict[int, str | None], num_documents: int = 8, passkey_samples: int = 4,
@@ -27,6 +26,8 @@ def compare(model: str, targets: dict[int, str | None], num_documents: int = 8, 
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="longrope-compare-"))
     base, tokenizer = load_config(model), load_tokenizer(model)
     window = base.max_position_embeddings
+    options = SuiteOptions(batch_size=4, passkey_samples=passkey_samples, ppl_num_documents=num_documents,
+                           progress=False)
     rows = []
     for target, factors_file in sorted(targets.items()):
         variants = [("base", RopeScaling(type="none")), ("PI", RopeScaling(type="linear")),
@@ -37,13 +38,9 @@ def compare(model: str, targets: dict[int, str | None], num_documents: int = 8, 
         for name, rope in variants:
             started = time.perf_counter()
             loaded = load_model(model, config=scaled_config(base, target, rope)).eval()
-            where = out_dir / f"{target}-{name}"
-            reset_dynamic_rope(loaded)
-            ppl = run_perplexity(loaded, tokenizer, PerplexitySettings(
-                lengths=lengths, num_documents=num_documents, batch_size=4, progress=False), where / "ppl")
-            reset_dynamic_rope(loaded)
-            passkey = run_passkey(loaded, tokenizer, PasskeySettings(
-                lengths=lengths, num_samples=passkey_samples, batch_size=4, progress=False), where / "passkey")
+            results = evaluate_suites(loaded, tokenizer, ["ppl", "passkey"], lengths, out_dir / f"{target}-{name}",
+                                      options)
+            ppl, passkey = results["ppl"], results["passkey"]
             rows.append({"target": target, "scale": target / window, "variant": name,
                          "rope": describe(base, target, rope), "ppl_window": ppl.ppl[window],
                          "ppl_target": ppl.ppl[target], "passkey_window": passkey.by_length[window],
