@@ -100,7 +100,7 @@ def preflight(cfg: ExtendConfig) -> None:
 
     model_config = scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length,
                                  cfg.rope)
-    check_runtime(cfg, model_config)
+    check_runtime(cfg, model_config, plan_memory=True)  # also warns when the step is predicted not to fit a GPU
     if cfg.eval.enabled:  # an eval setting that cannot work must not wait for training to finish first
         if "ruler" in cfg.eval.suites:
             ruler_settings(cfg).validate()

@@ -1,4 +1,5 @@
-"""What each supported configuration needs installed, checked on the driver before any work starts.
+"""What each supported configuration needs installed, checked on the driver before any work starts; and, on GPU
+runs, whether the planner (endprompt_ray/plan/) expects the training step to fit in GPU memory.
 
 A missing package otherwise surfaces late and far away: transformers' ZeRO-3 loading hook requires `accelerate`
 inside every training worker, and the evaluation plots need matplotlib only after training. Each probe below runs
@@ -11,12 +12,19 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import ray
+
 from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.errors import ConfigError
+from endprompt_ray.plan.architectures import resolve_architecture
+from endprompt_ray.plan.estimate import Workload
+from endprompt_ray.plan.gpus import gpu_from_ray_resources
+from endprompt_ray.plan.planner import format_plan
 from endprompt_ray.training.trainer import deepspeed_config
 
 
@@ -109,9 +117,12 @@ def missing_package(err: Exception) -> str | None:
     return None
 
 
-def check_runtime(cfg: ExtendConfig, model_config=None) -> None:
-    """Everything this configuration needs is installed, or one MissingDependency naming the package and the fix."""
+def check_runtime(cfg: ExtendConfig, model_config=None, plan_memory: bool = False) -> None:
+    """Everything this configuration needs is installed, or one MissingDependency naming the package and the fix.
+    `plan_memory`: then also warn when the run is predicted not to fit in GPU memory (warn_if_out_of_memory)."""
     run_probes(probes(cfg, model_config))
+    if plan_memory:
+        warn_if_out_of_memory(cfg)
 
 
 def run_probes(selected: list[Probe]) -> None:
@@ -123,3 +134,27 @@ def run_probes(selected: list[Probe]) -> None:
             fix = probe.install or f"pip install '{package}' (or reinstall endprompt-ray: pip install -e .)"
             raise MissingDependency(f"{probe.feature} needs the package {package!r}, which is not installed "
                                     f"(or too old): {fix}") from err
+
+
+def warn_if_out_of_memory(cfg: ExtendConfig, cluster_resources: dict | None = None) -> None:
+    """On a GPU run, warn before training when the planner predicts the step does not fit the cluster's GPUs, with
+    the numbers and the smallest changes that fit. Never raises: the estimate may be wrong, and a CPU run is not
+    planned at all. The GPU type comes from Ray's `accelerator_type:*` resources; unknown, it is said once."""
+    if not cfg.train.use_gpu:
+        return
+    if cluster_resources is None:
+        cluster_resources = ray.cluster_resources() if ray.is_initialized() else {}
+    gpu = gpu_from_ray_resources(cluster_resources)
+    try:
+        arch = resolve_architecture(cfg.model.name_or_path, cfg.model.tiny)
+        text, result, _ = format_plan(arch, Workload.from_config(cfg), gpu, "memory plan")
+    except ConfigError as err:
+        print(f"warning: no memory plan for this run ({err})", file=sys.stderr)
+        return
+    if gpu is None:
+        print(f"warning: the GPU type is unknown (no known accelerator_type resource in the Ray cluster), so the "
+              f"planner cannot say whether a step fits: it needs about {result.reserved_bytes / 2**30:.1f} GiB per "
+              f"GPU; check with `endprompt plan --config ... --gpu <type>`", file=sys.stderr)
+    elif not result.fits:
+        print(f"warning: this run is predicted not to fit in GPU memory and would fail with out-of-memory after "
+              f"start-up.\n{text}", file=sys.stderr)
