@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from endprompt_ray.config.loader import config_from_dict, load_config
 from endprompt_ray.errors import ConfigError, RopeError
-from endprompt_ray.rope.longrope import FactorsError, default_attention_factor, reference_factors, set_longrope_factors
+from endprompt_ray.rope.longrope import (FactorsError, default_attention_factor, reference_factors, resolve_factors,
+                                         set_longrope_factors)
 from endprompt_ray.rope.scaling import RopeScaling, describe, scaled_config
 
 D, THETA, WINDOW, TARGET = 16, 10000.0, 64, 512  # 8 factors; s = 8
@@ -40,7 +41,9 @@ def logits(model, length=300):
 
 
 def longrope(long=None, short=None, attention=None, **kw) -> RopeScaling:
-    return RopeScaling(type="longrope", long_factor=long, short_factor=short, attention_factor=attention, **kw)
+    """The settings as the config loader resolves them (factors file read, every list checked)."""
+    return resolve_factors(RopeScaling(type="longrope", long_factor=long, short_factor=short,
+                                       attention_factor=attention, **kw))
 
 
 RISING = [1.0, 1.0, 1.5, 2.0, 4.0, 6.0, 8.0, 9.0]
@@ -102,6 +105,17 @@ def test_settings_errors_are_config_errors_with_the_way_forward(tmp_path):
     path.write_text(yaml.safe_dump(RISING))
     with pytest.raises(ConfigError, match="give different factors; give only one of them"):
         load_config(None, ["rope.type=longrope", f"rope.factors_file={path}", "rope.long_factor=[1, 2]"])
+
+
+def test_settings_are_a_plain_value_resolved_by_the_loader(tmp_path):
+    """Building RopeScaling reads no file and changes nothing; the loader returns a new value with the factors."""
+    missing = RopeScaling(type="longrope", factors_file=str(tmp_path / "later.yaml"))
+    assert missing.long_factor is None and missing.factors_file == str(tmp_path / "later.yaml")
+    path = tmp_path / "later.yaml"
+    path.write_text(yaml.safe_dump(RISING))
+    resolved = resolve_factors(missing)
+    assert resolved.long_factor == RISING and missing.long_factor is None
+    assert load_config(None, ["rope.type=longrope", f"rope.factors_file={path}"]).rope == resolved
 
 
 def test_the_factors_travel_inside_the_config(tmp_path):

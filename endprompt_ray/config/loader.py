@@ -12,15 +12,16 @@ import yaml
 from endprompt_ray.config.schema import ExtendConfig, absolute_path
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.resources import ResourceNotFoundError, find_preset
+from endprompt_ray.rope.longrope import resolve_factors
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _coerce(value: Any, hint: Any, where: str, noun: str) -> Any:
     """Check/convert `value` against a dataclass field type; nested dataclasses are built recursively."""
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
-        return build_typed(hint, value, where)
+        return build_typed(hint, value, where, noun)
     if hint is Any:
         return value
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
@@ -32,7 +33,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, noun)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
@@ -46,7 +47,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         items = value if isinstance(value, (list, tuple)) else [  # "a,b" from --set
             yaml.safe_load(v) for v in str(value).split(",") if v.strip()]
         (inner, *_) = typing.get_args(hint) or (Any,)
-        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(items)]
+        return [_coerce(v, inner, f"{where}[{i}]", noun) for i, v in enumerate(items)]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -67,16 +68,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def build_typed(cls, values: dict, where: str = ""):
+def build_typed(cls, values: dict, where: str = "", noun: str = "config key"):
     """A config dataclass from a mapping, every value checked against the field's type; an unknown key is a
-    ConfigError naming the valid ones. Fields left out keep their defaults."""
+    ConfigError naming the valid ones. Fields left out keep their defaults. `where`: the dotted section the mapping
+    sits at; `noun`: what the messages call a key (a sweep file's keys are not config keys)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of {cls.__name__} fields, got {values!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {sorted(known)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+        raise ConfigError(f"unknown {noun} {prefix}{unknown[0]!r}; valid keys here: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k, noun) for k, v in values.items()}
     default = cls()
     merged = {f.name: kwargs.get(f.name, getattr(default, f.name)) for f in dataclasses.fields(cls)}
     return cls(**merged)
@@ -124,7 +128,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections (run:, model:, method: ...)")
     set_tree = apply_overrides({}, overrides or [], "method.target_length=65536")
-    cfg = build_typed(ExtendConfig, _deep_merge(tree, set_tree))
+    cfg = config_from_dict(_deep_merge(tree, set_tree))
     # Relative paths mean "from where the command ran": pin them before Ray/Tune workers change directory.
     cfg.run.output_dir = absolute_path(cfg.run.output_dir)
     cfg.data.paths = [absolute_path(p) for p in cfg.data.paths]
@@ -132,8 +136,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(values: dict) -> ExtendConfig:
-    """Rebuild a config from `to_dict()` output (e.g. inside a Ray worker)."""
-    return build_typed(ExtendConfig, values)
+    """A config from a mapping such as `to_dict()` output (e.g. inside a Ray worker), with rope.factors_file read
+    into the inline factors: on the driver, so they travel with the config to nodes without the file."""
+    cfg = build_typed(ExtendConfig, values)
+    cfg.rope = resolve_factors(cfg.rope)
+    return cfg
 
 
 def dump_yaml(cfg: ExtendConfig) -> str:

@@ -39,7 +39,7 @@ from endprompt_ray.longrope.evolution import (Evolution, EvolutionSettings, FINI
                                               critical_dim)
 from endprompt_ray.longrope.report import SearchReporter, SearchResult, finish, write_plan
 from endprompt_ray.models.loading import load_config, load_model, load_tokenizer
-from endprompt_ray.rope.longrope import reference_factors, set_longrope_factors
+from endprompt_ray.rope.longrope import reference_factors, resolve_factors, set_longrope_factors
 from endprompt_ray.rope.scaling import RopeScaling, existing_scaling, scaled_config
 from endprompt_ray.runtime.ray_session import connect_ray
 
@@ -141,9 +141,10 @@ class Plan:
 
 def make_plan(spec: RopeSearchSpec) -> Plan:
     base = load_config(spec.model)
-    rope = RopeScaling(type="longrope", factor=spec.factor, replace_existing=spec.replace_existing,
-                       original_max_position_embeddings=spec.original_max_position_embeddings,
-                       attention_factor=spec.attention_factor, factors_file=spec.factors_file)
+    rope = resolve_factors(RopeScaling(
+        type="longrope", factor=spec.factor, replace_existing=spec.replace_existing,
+        original_max_position_embeddings=spec.original_max_position_embeddings,
+        attention_factor=spec.attention_factor, factors_file=spec.factors_file))
     config = scaled_config(base, spec.target_length, rope)
     params = config.rope_parameters
     window, s = params["original_max_position_embeddings"], params["factor"]

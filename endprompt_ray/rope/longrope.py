@@ -3,7 +3,7 @@
 RoPE rotates pair i of a head's rotary dimensions (d of them, i = 0 .. d/2 - 1) at frequency base^(-2i/d). Linear PI
 divides every frequency by the scale s; LongRoPE divides frequency i by its own factor lambda_i. The factors are
 non-decreasing from the highest frequency (i = 0, short wavelengths that need little interpolation) to the lowest and
-at least 1. `tune_spaces/search_rope.py` finds them by evolutionary search (longrope_search.py).
+at least 1. `tune_spaces/search_rope.py` finds them by evolutionary search (longrope/evolution.py).
 
 Factors file (`rope.factors_file`, YAML or JSON): either one list (the long factors) or a mapping
 
@@ -11,8 +11,8 @@ Factors file (`rope.factors_file`, YAML or JSON): either one list (the long fact
     short_factor: [1.0, ..., 1.0]          # optional, d/2 numbers, used within it (default: all 1, the model as is)
     metadata: {...}                        # optional, free-form (the search records its provenance here)
 
-The factors may also be given inline (`rope.long_factor`, `rope.short_factor`); the file is read on the driver, so
-the factors travel inside the config to every worker.
+The factors may also be given inline (`rope.long_factor`, `rope.short_factor`); the config loader reads the file on
+the driver (`resolve_factors`), so the factors travel inside the config to every worker.
 
 What transformers does with them (`rope_type: longrope`), and what follows:
 - It uses the long factors for a whole forward call whenever max(position_ids) + 1 exceeds
@@ -34,6 +34,7 @@ length (vLLM) agree with it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -107,31 +108,37 @@ def read_factors_file(path: str | Path) -> dict[str, list[float]]:
             if data.get(key) is not None}
 
 
-def check_settings(rope) -> None:
-    """Called by RopeScaling on construction: load rope.factors_file into the inline fields and check them."""
+def resolve_factors(rope):
+    """`rope` checked, with rope.factors_file read into the inline factor lists (a new value; `rope` is unchanged).
+
+    The loader calls it on the driver, so the factors travel inside the config to workers on other nodes; a config
+    rebuilt there carries them inline and keeps them when the file is not on that node."""
     fields = ("factors_file", "long_factor", "short_factor", "attention_factor")
     given = [f"rope.{name}" for name in fields if getattr(rope, name) is not None]
     if rope.type != "longrope":
         if given:
             raise FactorsError(f"{', '.join(given)} only apply to rope.type=longrope (rope.type is {rope.type}); set "
                                "rope.type=longrope or remove them")
-        return
+        return rope
+    resolved = {}
     if rope.factors_file is not None:
         path = resolve_path(rope.factors_file)
-        if path.exists() or rope.long_factor is None:  # a rebuilt config on another node carries the factors inline
+        if path.exists() or rope.long_factor is None:
             for key, values in read_factors_file(path).items():
                 inline = getattr(rope, key)
                 if inline is not None and [float(v) for v in inline] != values:
                     raise FactorsError(f"rope.{key} and rope.factors_file {path} give different factors; give only "
                                        "one of them")
-                object.__setattr__(rope, key, values)
-            object.__setattr__(rope, "factors_file", str(path))
+                resolved[key] = values
+            resolved["factors_file"] = str(path)
     for key in ("long_factor", "short_factor"):
-        if getattr(rope, key) is not None:
-            object.__setattr__(rope, key, check_factors(getattr(rope, key), f"rope.{key}"))
+        values = resolved.get(key, getattr(rope, key))
+        if values is not None:
+            resolved[key] = check_factors(values, f"rope.{key}")
     if rope.attention_factor is not None and not rope.attention_factor > 0:
         raise FactorsError(f"rope.attention_factor={rope.attention_factor} must be positive (1: no attention "
                            "scaling; unset: sqrt(1 + ln s / ln W))")
+    return dataclasses.replace(rope, **resolved)
 
 
 def rotary_dim(config) -> int:
@@ -172,6 +179,7 @@ def longrope_parameters(config, window: int, scale: float, rope) -> tuple[dict, 
     """rope_parameters entries (without rope_type/rope_theta) and max_position_embeddings for rope.type=longrope.
 
     Without factors the long factors are YaRN's per-frequency factors, where LongRoPE's search starts."""
+    rope = resolve_factors(rope)  # a RopeScaling built in code, not by the loader, may still name only its file
     n = rotary_dim(config) // 2
     long = rope.long_factor if rope.long_factor is not None else reference_factors(config, window, scale)["YaRN"]
     short = rope.short_factor if rope.short_factor is not None else [1.0] * n

@@ -35,10 +35,11 @@ from __future__ import annotations
 import copy
 import math
 import typing
-from endprompt_ray.errors import RopeError
-from endprompt_ray.rope.longrope import check_settings, longrope_parameters
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
+
+from endprompt_ray.errors import RopeError
+from endprompt_ray.rope.longrope import longrope_parameters
 
 RopeType = Literal["linear", "dynamic", "yarn", "llama3", "longrope", "none"]
 ROPE_TYPES = typing.get_args(RopeType)
@@ -47,24 +48,33 @@ COMPOSABLE = ("linear", "llama3")  # shipped scaling a further scaling of the sa
 
 @dataclass(frozen=True)
 class RopeScaling:
-    type: RopeType = "linear"
-    factor: float | None = None  # the scale s at the target length; None: target_length / window
-    round_up: bool = True  # reference behaviour: ceil(65536 / 8192) = 8
-    original_max_position_embeddings: int | None = None  # the window W to extend; None: the model's
-    replace_existing: bool = False  # replace a model's own scaling instead of refusing (see the module docstring)
-    low_freq_factor: float = 1.0  # llama3
-    high_freq_factor: float = 4.0  # llama3
-    beta_fast: float = 32.0  # yarn
-    beta_slow: float = 1.0  # yarn
-    factors_file: str | None = None  # longrope: YAML/JSON with long_factor (and short_factor), or one list
-    long_factor: list[float] | None = None  # longrope, inline (read from factors_file when that is given)
-    short_factor: list[float] | None = None  # longrope: used up to the original window; None: all 1
-    attention_factor: float | None = None  # longrope: None: sqrt(1 + ln s / ln W)
+    """A plain value: the config loader reads `factors_file` into the inline lists (`longrope.resolve_factors`)."""
 
-    def __post_init__(self) -> None:
-        # The factors are read here, on the driver, so they travel inside the config to workers on other nodes.
-
-        check_settings(self)
+    type: RopeType = field(default="linear", metadata={
+        "help": "how RoPE is extended to the target length: linear (PI), dynamic (NTK), yarn, llama3, longrope, or "
+                "none (keep the model's own)"})
+    factor: float | None = field(default=None, metadata={
+        "help": "the scale s at the target length; None: target_length / window"})
+    round_up: bool = field(default=True, metadata={
+        "help": "round target_length / window up, as the reference does (65536 / 8192 -> 8)"})
+    original_max_position_embeddings: int | None = field(default=None, metadata={
+        "help": "the window W to extend; None: the model's"})
+    replace_existing: bool = field(default=False, metadata={
+        "help": "replace a model's own RoPE scaling instead of refusing to compose with it"})
+    low_freq_factor: float = field(default=1.0, metadata={"help": "llama3: low-frequency factor"})
+    high_freq_factor: float = field(default=4.0, metadata={"help": "llama3: high-frequency factor"})
+    beta_fast: float = field(default=32.0, metadata={"help": "yarn: beta_fast"})
+    beta_slow: float = field(default=1.0, metadata={"help": "yarn: beta_slow"})
+    factors_file: str | None = field(default=None, metadata={
+        "help": "longrope: YAML/JSON with long_factor (and short_factor), or one list, e.g. a search's "
+                "best_factors.yaml"})
+    long_factor: list[float] | None = field(default=None, metadata={
+        "help": "longrope: one factor per rotary frequency, used beyond the window (read from factors_file when "
+                "that is given)"})
+    short_factor: list[float] | None = field(default=None, metadata={
+        "help": "longrope: factors used within the window; None: all 1"})
+    attention_factor: float | None = field(default=None, metadata={
+        "help": "longrope: cos/sin multiplier; None: sqrt(1 + ln s / ln W)"})
 
 
 def existing_scaling(config) -> dict | None:
