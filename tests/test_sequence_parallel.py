@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from endprompt_ray.method.anchoring import AnchorSpec, build_samples
 from endprompt_ray.training.sequence_parallel import (TARGETS, check_model, data_parallel_place, next_token_targets,
                                                       shard_batch)
+from endprompt_ray.training.trainer import accumulation_steps
 
 SP, P, L, VOCAB = 2, 24, 4096, 97
 
@@ -224,6 +225,10 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="must divide the 3 workers"):
         data_parallel_place(0, 3, 2)
     assert [data_parallel_place(r, 4, 2) for r in range(4)] == [(0, 2), (0, 2), (1, 2), (1, 2)]
+    # a run of global batch 4 (micro 2 x 2 workers) at SP = 2: one group, accumulation 2; at 3 groups it cannot split
+    assert accumulation_steps(4, 2, 2, sequence_parallel=2) == 2
+    with pytest.raises(ValueError, match="over 6 workers in 3 data-parallel groups of train.sequence_parallel=2"):
+        accumulation_steps(4, 2, 6, sequence_parallel=2)
 
 
 @pytest.mark.slow

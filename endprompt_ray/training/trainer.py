@@ -42,13 +42,17 @@ from endprompt_ray.training.universal import (client_state, load_universal, save
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray checkpoint
 
 
-def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """The gradient accumulation that keeps `global_batch` on `world_size` workers, or a clear error."""
-    per_pass = micro_batch * world_size
+def accumulation_steps(global_batch: int, micro_batch: int, world_size: int, sequence_parallel: int = 1) -> int:
+    """The gradient accumulation that keeps `global_batch` on `world_size` workers (in data-parallel groups of
+    `sequence_parallel`), or a clear error."""
+    per_pass = micro_batch * (world_size // sequence_parallel)
     if global_batch % per_pass:
+        groups = "" if sequence_parallel == 1 else (f" in {world_size // sequence_parallel} data-parallel groups of "
+                                                    f"train.sequence_parallel={sequence_parallel}")
         raise ValueError(f"the run's global batch of {global_batch} samples cannot be split over {world_size} "
-                         f"workers x micro-batch {micro_batch}: use a worker count (or train.num_workers range) "
-                         f"whose product with train.micro_batch_size divides {global_batch}")
+                         f"workers{groups} x micro-batch {micro_batch}: use a worker count (or train.num_workers "
+                         f"range) whose product with train.micro_batch_size{' / sequence_parallel' * bool(groups)} "
+                         f"divides {global_batch}")
     return global_batch // per_pass
 
 
@@ -243,7 +247,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         ckpt_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
         progress = Progress.read(ckpt_dir / PROGRESS_FILE) if ckpt_dir else None
         global_batch = progress.global_batch if progress else cfg.global_batch
-        accumulation = accumulation_steps(global_batch, t.micro_batch_size, data_world)
+        accumulation = accumulation_steps(global_batch, t.micro_batch_size, world, t.sequence_parallel)
         # ZeRO shards are per rank: another world size re-partitions them. DeepSpeed's own record of the ranks that
         # wrote the checkpoint also refuses one with missing rank files (a partial copy) before anything loads.
         resized = ckpt_dir is not None and saved_world_size(ckpt_dir, STATE_TAG) != world
