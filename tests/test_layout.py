@@ -20,7 +20,8 @@ LAYERS = [
     {"plan"},
     {"jobs"},
     {"longrope", "sweeps"},
-    {"cli", "__main__"},
+    {"cli"},
+    {"__main__"},
 ]
 # (importing module, imported module): function-body imports that keep a heavy optional dependency lazy
 LAZY = {("endprompt_ray.eval.ruler.runner", "endprompt_ray.runtime.ray_session")}
