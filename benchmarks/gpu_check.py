@@ -28,7 +28,8 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+import traceback
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -86,8 +87,17 @@ CPU = Shapes(vocab_size=640, hidden_size=64, intermediate_size=172, layers=2, he
              caps_s={"peak": 60, "attention": 300, "training": 300, "evaluation": 300, "total": 900})
 
 
-class TotalCapReached(Exception):
+class TotalCapReached(BaseException):  # not an Exception: the per-row handlers must let it through
     pass
+
+
+def failure(err: Exception) -> dict:
+    """What a row or section records instead of its figures: a lease is too short to lose the rest to one error."""
+    if isinstance(err, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return {"fits": False, "error": "out of memory: " + str(err).splitlines()[0]}
+    return {"error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exception(err)[-3:]}
 
 
 class Run:
@@ -95,7 +105,8 @@ class Run:
 
     def __init__(self, out: Path, shapes: Shapes, mode: str):
         self.out, self.shapes, self.started = out, shapes, time.monotonic()
-        self.data = {"mode": mode, "complete": False, "shapes": asdict(shapes), "sections": {}, "skipped": []}
+        self.data = {"mode": mode, "complete": False, "shapes": asdict(shapes), "sections": {}, "skipped": [],
+                     "errors": []}
         out.mkdir(parents=True, exist_ok=True)
 
     def section(self, name: str) -> dict:
@@ -107,6 +118,12 @@ class Run:
     def skip(self, what: str, why: str) -> None:
         self.data["skipped"].append({"what": what, "why": why})
         self.save()
+
+    def failed(self, what: str, err: Exception) -> dict:
+        record = failure(err)
+        self.data["errors"].append({"what": what, **record})
+        self.save()
+        return record
 
     def save(self) -> None:
         self.data["wall_s"] = time.monotonic() - self.started
@@ -178,9 +195,13 @@ def attention_section(run: Run, shapes: Shapes, tokenizer, device: torch.device,
                 run.skip(f"attention {layout} {name}", "section time cap")
                 continue
             start = time.monotonic()
-            sample = layout_sample(layout, tokenizer, shapes.physical_length, shapes.target_length,
-                                   shapes.vocab_size)
-            results[f"{layout}/{name}"] = {"layout": layout, **check_layout(model, sample, name)}
+            try:
+                sample = layout_sample(layout, tokenizer, shapes.physical_length, shapes.target_length,
+                                       shapes.vocab_size)
+                results[f"{layout}/{name}"] = {"layout": layout, **check_layout(model, sample, name)}
+            except Exception as err:  # noqa: BLE001  recorded; the other rows still run
+                results[f"{layout}/{name}"] = {"layout": layout, "dtype": name,
+                                               **run.failed(f"attention {layout} {name}", err)}
             section["seconds"] += time.monotonic() - start
             run.save()
     del model
@@ -208,10 +229,9 @@ def training_section(run: Run, shapes: Shapes, tokenizer, device: torch.device, 
                                    shapes.vocab_size)
             row.update(time_training(model, optimizer, batch, shapes.loss_chunk_size, shapes.warmup_steps,
                                      shapes.measured_steps, peak))
-        except torch.OutOfMemoryError as err:
+        except Exception as err:  # noqa: BLE001  recorded (out of memory: fits = false); the other rows still run
             optimizer.zero_grad()
-            row.update(fits=False, error=str(err).splitlines()[0])
-            torch.cuda.empty_cache()
+            row.update(run.failed(f"training {name}", err))
         results[name] = row
         section["seconds"] += time.monotonic() - start
         section["ratios"] = ratios(results, shapes)
@@ -241,8 +261,10 @@ def ratios(results: dict, shapes: Shapes) -> dict:
     return out
 
 
-def evaluation_section(run: Run, shapes: Shapes, model, tokenizer) -> None:
+def evaluation_section(run: Run, shapes: Shapes, model, tokenizer, device: torch.device, dtype: torch.dtype) -> None:
     section, deadline = run.section("evaluation"), run.deadline("evaluation")
+    if model is None:  # the training section failed before handing its model on
+        model = build_model(shapes, tokenizer, device, dtype).eval()
     section["note"] = "timing only: the weights are random, so no retrieval score is meaningful or reported"
     lengths = list(shapes.eval_lengths)
     prompts = [("passkey", s.length, s.prompt, s.prompt_tokens, s.tokens_to_generate) for s in passkey_samples(
@@ -263,9 +285,9 @@ def evaluation_section(run: Run, shapes: Shapes, model, tokenizer) -> None:
         try:
             results[f"{probe}@{length}"] = {"runner": probe, "length": length,
                                             **time_generation(model, tokenizer, prompt, prompt_tokens, new_tokens)}
-        except torch.OutOfMemoryError as err:
-            results[f"{probe}@{length}"] = {"runner": probe, "length": length, "error": str(err).splitlines()[0]}
-            torch.cuda.empty_cache()
+        except Exception as err:  # noqa: BLE001  recorded; the other rows still run
+            results[f"{probe}@{length}"] = {"runner": probe, "length": length,
+                                            **run.failed(f"evaluation {probe} @ {length}", err)}
         section["seconds"] += time.monotonic() - start
         run.save()
 
@@ -274,10 +296,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/gpu_check")
     parser.add_argument("--cpu", action="store_true", help="tiny shapes in fp32 on the CPU (what the tests run)")
+    parser.add_argument("--total-cap", type=int, help="seconds before the run stops, whatever is left "
+                        "(default: 400 on a GPU, 900 with --cpu)")
     args = parser.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device is visible; run with --cpu for the CPU mode")
     shapes, device = (CPU, torch.device("cpu")) if args.cpu else (GPU, torch.device("cuda", 0))
+    if args.total_cap:
+        shapes = replace(shapes, caps_s={**shapes.caps_s, "total": args.total_cap})
     low = torch.float32 if args.cpu else torch.bfloat16
     run = Run(Path(args.out), shapes, "cpu" if args.cpu else "gpu")
     run.data["environment"] = environment(device)
@@ -289,14 +315,25 @@ def main(argv: list[str] | None = None) -> dict:
     signal.signal(signal.SIGALRM, cap_reached)
     signal.alarm(shapes.caps_s["total"])
     tokenizer = load_tokenizer(TOY_BASE)  # shipped with the package: no download, no training
-    try:
+
+    def guarded(name: str, call, *args):
+        try:
+            return call(*args)
+        except Exception as err:  # noqa: BLE001  recorded; the next section still runs
+            run.section(name).update(run.failed(f"section {name}", err))
+            return None
+
+    def peak() -> None:
         start = time.monotonic()
         run.data["sections"]["peak"] = {**matmul_peak(device, low, shapes.matmul_size),
                                         "seconds": time.monotonic() - start}
         run.save()
-        attention_section(run, shapes, tokenizer, device, low)
-        model = training_section(run, shapes, tokenizer, device, low)
-        evaluation_section(run, shapes, model, tokenizer)
+
+    try:
+        guarded("peak", peak)
+        guarded("attention", attention_section, run, shapes, tokenizer, device, low)
+        model = guarded("training", training_section, run, shapes, tokenizer, device, low)
+        guarded("evaluation", evaluation_section, run, shapes, model, tokenizer, device, low)
         run.data["complete"] = True
     except TotalCapReached as err:
         run.skip("the remaining sections", str(err))
@@ -308,5 +345,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     data = main()
-    print(json.dumps({"complete": data["complete"], "skipped": data["skipped"], "wall_s": data["wall_s"]}))
+    print(json.dumps({key: data[key] for key in ("complete", "skipped", "errors", "wall_s")}, default=str))
     print(markdown(data))

@@ -38,9 +38,10 @@ def markdown(data: dict) -> str:
         lines += ["## Segment 2 in the training call vs a KV-cache reference", ""]
         lines += _table(["layout", "dtype", "SDPA op", "max abs diff", "without the mask", "tolerance", "ok",
                          "trap shown"],
-                        [[r["layout"], r["dtype"], ", ".join(r["sdpa_kernels"]) or "-", r["max_abs_diff"],
-                          r["max_abs_diff_without_mask"], r["tolerance"], r["within_tolerance"],
-                          r["trap_shown_without_mask"]] for r in attention.values()]) + [""]
+                        [[r["layout"], r["dtype"], ", ".join(r.get("sdpa_kernels", [])) or r.get("error", "-"),
+                          r.get("max_abs_diff"), r.get("max_abs_diff_without_mask"), r.get("tolerance"),
+                          r.get("within_tolerance"), r.get("trap_shown_without_mask")]
+                         for r in attention.values()]) + [""]
     training = sections.get("training", {})
     if training.get("results"):
         lines += ["## Training steps (micro-batch 1, activation checkpointing, AdamW)", ""]
@@ -48,7 +49,8 @@ def markdown(data: dict) -> str:
         for name, r in training["results"].items():
             planned_memory, planned_time = _planner(r)
             if "error" in r:
-                rows.append([name, "-", "-", "-", "-", "-", "did not fit", planned_memory, planned_time])
+                rows.append([name, "-", "-", "-", "-", "-", "did not fit" if r.get("fits") is False else "error",
+                             planned_memory, planned_time])
                 continue
             rows.append([name, r["sequence_length"], _f(r["seconds_per_step"], 3), round(r["tokens_per_s"]),
                          r["achieved_tflops"], r["mfu"], r["max_allocated_gib"], planned_memory, planned_time])
@@ -71,5 +73,7 @@ def markdown(data: dict) -> str:
         lines.append("")
     for item in data.get("skipped", []):
         lines.append(f"- skipped {item['what']}: {item['why']}")
+    for item in data.get("errors", []):
+        lines.append(f"- failed {item['what']}: {item['error'].splitlines()[0][:300]}")
     lines.append(f"\nComplete: {_f(data.get('complete'))}; wall {_f(data.get('wall_s'), 3)} s.")
     return "\n".join(lines) + "\n"

@@ -34,7 +34,7 @@ def report(tmp_path_factory):
 
 def test_the_run_completes_without_ray_mlflow_or_deepspeed(report):
     data, md = report
-    assert data["mode"] == "cpu" and data["complete"] and data["skipped"] == []
+    assert data["mode"] == "cpu" and data["complete"] and data["skipped"] == [] and data["errors"] == []
     assert data["environment"]["deepspeed"].startswith("not importable")
     assert data["sections"]["peak"]["tflops"] > 0
     assert "| endprompt_tail_random | float32 |" in md and "| full_length_512 | 512 |" in md
@@ -116,3 +116,23 @@ def test_without_a_gpu_the_plain_command_says_to_use_cpu_mode(capsys):
     with pytest.raises(SystemExit) as exit_info:
         _module().main(["--out", "unused"])
     assert exit_info.value.code == 2 and "run with --cpu" in capsys.readouterr().err
+
+
+def test_a_run_cut_short_keeps_what_it_measured(tmp_path):
+    data = _module().main(["--cpu", "--out", str(tmp_path), "--total-cap", "2"])
+    assert not data["complete"]
+    assert data["skipped"][-1] == {"what": "the remaining sections", "why": "total time cap of 2 s reached"}
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["skipped"] == data["skipped"]
+    assert "skipped the remaining sections" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_failed_row_is_recorded_and_shown(tmp_path):
+    gpu_check = _module()
+    run = gpu_check.Run(tmp_path, gpu_check.CPU, "cpu")
+    run.section("attention")["results"] = {"pose/float32": {"layout": "pose", "dtype": "float32",
+                                                            **run.failed("attention pose", ValueError("no jump"))}}
+    run.save()
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["errors"][0]["what"] == "attention pose" and saved["errors"][0]["error"] == "ValueError: no jump"
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| pose | float32 | ValueError: no jump |" in md and "- failed attention pose: ValueError: no jump" in md
