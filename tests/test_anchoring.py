@@ -256,3 +256,14 @@ def test_pose_draw_ranges():
 def test_invalid_settings_explain_themselves(kw, message):
     with pytest.raises(AnchorError, match=message):
         spec(**kw)
+
+
+def test_the_length_check_is_one_rule_named_where_it_is_made():
+    from endprompt_ray.config.loader import load_config
+    from endprompt_ray.errors import ConfigError
+
+    with pytest.raises(AnchorError, match=r"^target_length=8 must exceed physical_length=8: nothing would be"):
+        spec(target_length=8)
+    with pytest.raises(ConfigError, match=r"^method.target_length=8 must exceed method.physical_length=8: nothing"):
+        load_config(None, ["method.physical_length=8", "method.target_length=8"])
+    assert spec(method="full_length", target_length=8).sequence_length == 8  # full length trains L itself

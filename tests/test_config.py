@@ -81,3 +81,18 @@ def test_prompt_sources():
     assert str(err.value) == ("method.prompt_source='end' must be one of ['template', 'tail', 'continuation']; set one "
                               "of them in the config file or on the command line "
                               "(e.g. --set method.prompt_source=template)")
+
+
+def test_every_config_field_is_documented_with_its_type_and_default():
+    from endprompt_ray.config.schema import ExtendConfig, FieldDoc, config_fields
+
+    docs = config_fields()
+    assert [d.key for d in docs] == list(ExtendConfig().flat_params())  # every leaf, in the order a dump shows
+    assert all(d.help.strip() for d in docs), [d.key for d in docs if not d.help.strip()]
+    by_key = {d.key: d for d in docs}
+    anchor = by_key["method.anchor"]
+    assert anchor == FieldDoc("method.anchor", "fixed | random", "'random'", anchor.help) and "L - 1" in anchor.help
+    assert (by_key["eval.suites"].type, by_key["eval.suites"].default) == ("list[passkey | ppl | ruler]",
+                                                                           "['passkey', 'ppl']")
+    assert (by_key["rope.factor"].type, by_key["rope.factor"].default) == ("float | None", "None")
+    assert by_key["train.lora.rank"].default == "8" and by_key["model.tiny.max_position_embeddings"].type == "int"

@@ -246,3 +246,14 @@ def test_bos_prefix_only_when_the_tokenizer_adds_one(adds_bos, bos):
     expected = [0, 4, 5, 6, 7, 8, 9, 10] if adds_bos else [4, 5, 6, 7, 8, 9, 10, 11]
     np.testing.assert_array_equal(out["input_ids"], [expected])
     np.testing.assert_array_equal(out["position_ids"], [[0, 1, 2, 3, 4, 5, 30, 31]])
+
+
+def test_the_anchor_spec_carries_every_method_setting_and_the_tokenizer_facts(tiny_tokenizer):
+    overrides = {"physical_length": 128, "target_length": 1024, "prompt_source": "tail", "tail_length": 7,
+                 "anchor": "fixed", "anchor_offset": 5, "mask": "segment1", "short_docs": "skip", "pose_chunks": 3}
+    cfg = load_config(None, [f"method.{k}={v}" for k, v in overrides.items()] + ["run.seed=9"])
+    spec = anchor_spec(cfg, tiny_tokenizer)
+    assert {k: getattr(spec, k) for k in overrides} == overrides
+    assert (spec.method, spec.seed, spec.eos_id) == ("endprompt", 9, tiny_tokenizer.eos_token_id)
+    rope_only = anchor_spec(load_config(None, ["method.kind=rope_only"]), tiny_tokenizer)
+    assert rope_only.method == "contiguous" and rope_only.anchor == "random"  # the config's default, not the spec's

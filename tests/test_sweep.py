@@ -56,6 +56,9 @@ def _sweep(tmp_path, **raw) -> Path:
     ({"metric": "ruler/avg"}, r"needs the ruler evaluation"),
     ({"scheduler": {"type": "asha"}}, r"needs the probe"),
     ({"search": "bayes"}, r"search='bayes' must be one of"),
+    ({"num_samples": "many"}, r"sweep file .*: num_samples='many' must be an integer"),  # typed as the main config
+    ({"scheduler": {"grace_period": [100]}}, r"scheduler.grace_period=\[100\] must be an integer"),
+    ({"probe": {"evry": 50}}, r"unknown key probe.'evry'; valid keys here: \['depths', 'every'"),
 ])
 def test_bad_sweep_files_name_the_key_and_the_fix(tmp_path, raw, message):
     with pytest.raises(ConfigError, match=message):

@@ -44,6 +44,8 @@ def _coerce(value: Any, hint: Any, where: str, noun: str) -> Any:
                               f"or on the command line (e.g. --set {where.split('[')[0]}={allowed[0]})")
         return value
     if origin in (list, tuple):
+        if value is None:
+            raise ConfigError(f"{where} is empty: give a list (e.g. [] for none) or leave the key out")
         items = value if isinstance(value, (list, tuple)) else [  # "a,b" from --set
             yaml.safe_load(v) for v in str(value).split(",") if v.strip()]
         (inner, *_) = typing.get_args(hint) or (Any,)

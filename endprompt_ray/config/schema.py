@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
 from endprompt_ray.errors import ConfigError
-from endprompt_ray.method.anchoring import METHODS
+from endprompt_ray.method.anchoring import METHODS, AnchorError, AnchorSettings
 from endprompt_ray.models.attention import uses_flash_path
 from endprompt_ray.models.loading import TinySpec
 from endprompt_ray.models.lora import LoraSpec
@@ -24,72 +25,103 @@ MethodKind = Literal[METHODS + ("rope_only",)]  # rope_only: scale RoPE, export 
 
 @dataclass
 class RunConfig:
-    name: str = "endprompt-tiny"  # re-running with the same name resumes from its latest checkpoint
-    output_dir: str = "outputs"
-    storage_path: str | None = None  # Ray Train storage: local dir or s3://...; default <output_dir>/ray_results
-    seed: int = 0
-    force_resume: bool = False  # continue a checkpoint whose defining settings differ (resume.py lists them)
+    name: str = field(default="endprompt-tiny", metadata={
+        "help": "run identity (Ray Train run, checkpoint folder, MLflow run); the same name resumes its latest "
+                "checkpoint"})
+    output_dir: str = field(default="outputs", metadata={
+        "help": "driver-side outputs: <name>/config.yaml, <name>/model/, mlflow.db"})
+    storage_path: str | None = field(default=None, metadata={
+        "help": "Ray Train checkpoints: a local path (one node or a shared mount) or s3://...; None: "
+                "<output_dir>/ray_results"})
+    seed: int = field(default=0, metadata={"help": "seeds the model init, the stream order and the anchors"})
+    force_resume: bool = field(default=False, metadata={
+        "help": "continue a checkpoint whose defining settings differ (a resume otherwise lists them and stops)"})
 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "tiny-base"  # 'tiny-base' (trained toy), 'tiny' (random), a model dir, a GGUF, or a hub id
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | s2_sdpa (LongLoRA S2-Attn, training only)
-    s2_group_fraction: float = LONGLORA_GROUP_FRACTION  # s2_sdpa: group size / training length
-    tiny: TinySpec = field(default_factory=TinySpec)
+    name_or_path: str = field(default="tiny-base", metadata={
+        "help": "tiny-base (the trained toy base), tiny (random), a model directory, a GGUF file, or a hub id"})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "sdpa, eager, flash_attention_2/_3 (GPU), a hub kernel, or s2_sdpa (LongLoRA S2-Attn, training "
+                "only)"})
+    s2_group_fraction: float = field(default=LONGLORA_GROUP_FRACTION, metadata={
+        "help": "s2_sdpa: LongLoRA's group size as a fraction of the training length"})
+    tiny: TinySpec = field(default_factory=TinySpec, metadata={"help": "the local tiny and tiny-base models' shape"})
 
 
-@dataclass
-class MethodConfig:
-    kind: MethodKind = "endprompt"
-    physical_length: int = 256  # P
-    target_length: int = 2048  # L
-    prompt_source: Literal["template", "tail", "continuation"] = "template"  # anchoring.py: what each matches
-    prompt_text: str = DEFAULT_PROMPT
-    tail_length: int = 20  # b for the tail and continuation prompts (reference: 20)
-    anchor: Literal["fixed", "random"] = "random"  # random: the better of the two on the toy base (README)
-    anchor_offset: int = 0
-    mask: Literal["none", "segment1", "segment2"] = "none"
-    short_docs: Literal["pack", "skip"] = "pack"
-    pose_chunks: int = 2
+def _platform_default(name: str, default: Any):
+    """An AnchorSettings field, same meaning and help, with this platform's default instead of the reference's."""
+    return field(default=default, metadata=AnchorSettings.__dataclass_fields__[name].metadata)
+
+
+@dataclass(frozen=True)  # frozen as AnchorSettings, which defines the anchoring fields (method/anchoring.py)
+class MethodConfig(AnchorSettings):
+    """The method section: the anchoring settings, defaults sized for a CPU run, plus the kind and template text."""
+
+    physical_length: int = _platform_default("physical_length", 256)
+    target_length: int = _platform_default("target_length", 2048)
+    anchor: Literal["fixed", "random"] = _platform_default("anchor", "random")  # the better one on the toy base
+    kind: MethodKind = field(default="endprompt", metadata={
+        "help": "endprompt, contiguous, full_length, pose, or rope_only (scale RoPE, export without training)"})
+    prompt_text: str = field(default=DEFAULT_PROMPT, metadata={"help": "the terminal prompt of prompt_source=template"})
 
 
 @dataclass
 class DataConfig:
-    paths: list[str] = field(default_factory=list)  # empty: the generated demo corpus
-    format: Literal["auto", "jsonl", "parquet", "text", "hf_disk"] = "auto"
-    text_field: str = "text"
-    demo_documents: int = 3200  # one epoch of the default run (400 steps x 2 workers x 4)
-    demo_corpus: Literal["retrieval", "reports"] = "retrieval"  # with no data.paths: toy-base episodes, or reports
-    tokenizer_actors: int = 1
-    batch_size: int = 64  # documents per tokenise/anchor batch
-    cpus_per_task: float = 0.25  # Ray Data read/tokenise/anchor tasks; small so CPU training workers leave room
-    shuffle: bool = True  # every epoch in its own seeded order (run.seed); false: corpus order (stream.py)
+    paths: list[str] = field(default_factory=list, metadata={
+        "help": "files or folders of .jsonl(.zst/.gz), .parquet, .txt, an HF dataset on disk, hf://datasets/..., "
+                "s3:// or gs://; empty: the generated demo corpus"})
+    format: Literal["auto", "jsonl", "parquet", "text", "hf_disk"] = field(default="auto", metadata={
+        "help": "how to read data.paths; auto: from the file names"})
+    text_field: str = field(default="text", metadata={"help": "JSON / parquet / HF column holding the document"})
+    demo_documents: int = field(default=3200, metadata={
+        "help": "demo corpus size; 3200: one epoch of the default run (400 steps x 2 workers x 4)"})
+    demo_corpus: Literal["retrieval", "reports"] = field(default="retrieval", metadata={
+        "help": "with no data.paths: the toy base's retrieval episodes, or reports"})
+    tokenizer_actors: int = field(default=1, metadata={"help": "tokenizer actor-pool size"})
+    batch_size: int = field(default=64, metadata={"help": "documents per tokenise/anchor batch"})
+    cpus_per_task: float = field(default=0.25, metadata={
+        "help": "CPUs of each Ray Data read/tokenise/anchor task; small so CPU training workers keep room"})
+    shuffle: bool = field(default=True, metadata={
+        "help": "every epoch in its own order seeded by run.seed; false: corpus order"})
 
 
 @dataclass
 class TrainConfig:
-    num_workers: Any = 2  # an int, or [min, max] for elastic training
-    elastic_resize_interval_s: float = 60.0  # [min, max]: how often Ray Train looks for room to grow the group
-    use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # CPU default fits 2 workers + data tasks on 2 cores; raise on GPU nodes
-    deepspeed_config: str = "zero2.json"
-    micro_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4  # the toy base's measured best (1e-3 and longer runs lose long-range retrieval)
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up; constant is the paper's
-    min_lr_ratio: float = 0.0  # linear/cosine decay to this fraction of learning_rate at max_steps
-    max_steps: int = 400
-    checkpoint_every: int = 200
-    report_every: int = 10  # steps per metrics report (losses and times are averaged over them)
-    gradient_checkpointing: bool = True
-    loss_chunk_size: int = 0  # > 0: loss over this many positions at a time, never the full logits (loss.py)
-    sequence_parallel: int = 1  # N > 1: each sample's sequence split over N workers (Ulysses); DP = workers / N
-    bf16: bool | None = None  # None: on with GPUs, off on CPU
-    max_failures: int = 0
-    lora: LoraSpec = field(default_factory=LoraSpec)  # LoRA / LongLoRA baseline (lora.py)
+    num_workers: Any = field(default=2, metadata={
+        "help": "an int, or [min, max] for elastic training (min must divide the global batch)"})
+    elastic_resize_interval_s: float = field(default=60.0, metadata={
+        "help": "with [min, max]: seconds between Ray Train's checks for room to resize"})
+    use_gpu: bool = field(default=False, metadata={"help": "GPU workers (nccl, bf16); false: CPU (gloo, fp32)"})
+    cpus_per_worker: float = field(default=0.5, metadata={
+        "help": "CPUs per training worker; 0.5 fits 2 workers and the data tasks on 2 cores"})
+    deepspeed_config: str = field(default="zero2.json", metadata={
+        "help": "DeepSpeed JSON: a shipped name (zero2.json, zero3.json, zero3_offload.json) or a path"})
+    micro_batch_size: int = field(default=4, metadata={"help": "samples per worker per micro-step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "global batch = micro x accumulation x workers (the largest of a range), kept for the run's life"})
+    learning_rate: float = field(default=2e-4, metadata={
+        "help": "peak rate; 2e-4 is the toy base's measured best"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
+    lr_schedule: Literal["constant", "linear", "cosine"] = field(default="constant", metadata={
+        "help": "after warm-up: constant (the paper's), or linear / cosine decay to min_lr_ratio at max_steps"})
+    min_lr_ratio: float = field(default=0.0, metadata={
+        "help": "linear/cosine: the final rate as a fraction of learning_rate"})
+    max_steps: int = field(default=400, metadata={"help": "optimizer steps"})
+    checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
+    report_every: int = field(default=10, metadata={
+        "help": "steps per metrics report (each a barrier; losses and times averaged over them)"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "non-reentrant activation checkpointing"})
+    loss_chunk_size: int = field(default=0, metadata={
+        "help": "> 0: the loss over this many positions at a time, full logits never at once; 0: all at once"})
+    sequence_parallel: int = field(default=1, metadata={
+        "help": "N > 1: each sample's sequence split over N workers (Ulysses); data parallel = workers / N"})
+    bf16: bool | None = field(default=None, metadata={"help": "None: on with GPUs, off on CPU"})
+    max_failures: int = field(default=0, metadata={
+        "help": "worker-group restarts from the latest checkpoint after a worker or node dies"})
+    lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "the LoRA / LongLoRA baseline"})
 
 
 EvalSuite = Literal["passkey", "ppl", "ruler"]
@@ -97,39 +129,47 @@ EvalSuite = Literal["passkey", "ppl", "ruler"]
 
 @dataclass
 class EvalConfig:
-    enabled: bool = True
-    suites: list[EvalSuite] = field(default_factory=lambda: ["passkey", "ppl"])
-    compare: bool = True  # also score the base model and RoPE scaling alone: the before/after table
-    lengths: list[int] = field(default_factory=list)  # empty: passkey/ppl at [window, L/2, L]; RULER at [L]
-    tasks: list[str] = field(default_factory=list)  # RULER tasks; empty: every task that can run
-    num_samples: int = 2  # RULER samples per task and length
-    passkey_samples: int = 4  # per length and depth
-    passkey_depths: list[float] = field(default_factory=list)  # empty: 0, 0.25, 0.5, 0.75, 1
-    ppl_documents: str | None = None  # held-out text (txt/jsonl); None: generated demo documents, held-out seed
-    ppl_num_documents: int = 8
-    batch_size: int = 4
-    essay_path: str | None = None
-    squad_path: str | None = None
-    hotpotqa_path: str | None = None
+    enabled: bool = field(default=True, metadata={"help": "evaluate after training"})
+    suites: list[EvalSuite] = field(default_factory=lambda: ["passkey", "ppl"], metadata={
+        "help": "passkey, ppl (perplexity by length), ruler"})
+    compare: bool = field(default=True, metadata={
+        "help": "also score the base model and RoPE scaling alone: the before/after table"})
+    lengths: list[int] = field(default_factory=list, metadata={
+        "help": "passkey and perplexity lengths; empty: [window, L/2, L] (RULER: [L])"})
+    tasks: list[str] = field(default_factory=list, metadata={"help": "RULER tasks; empty: every task that can run"})
+    num_samples: int = field(default=2, metadata={"help": "RULER samples per task and length"})
+    passkey_samples: int = field(default=4, metadata={"help": "passkey samples per length and depth"})
+    passkey_depths: list[float] = field(default_factory=list, metadata={
+        "help": "needle depths; empty: 0, 0.25, 0.5, 0.75, 1"})
+    ppl_documents: str | None = field(default=None, metadata={
+        "help": "held-out text (.txt/.jsonl) for perplexity; None: generated held-out reports"})
+    ppl_num_documents: int = field(default=8, metadata={"help": "documents scored for perplexity"})
+    batch_size: int = field(default=4, metadata={"help": "evaluation batch size"})
+    essay_path: str | None = field(default=None, metadata={"help": "RULER: a local file of essays for haystacks"})
+    squad_path: str | None = field(default=None, metadata={"help": "RULER: a local SQuAD file for the QA task"})
+    hotpotqa_path: str | None = field(default=None, metadata={
+        "help": "RULER: a local HotpotQA file for the QA task"})
 
 
 @dataclass
 class TrackingConfig:
-    tracking_uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db
-    experiment: str = "endprompt-ray"
-    log_model: bool = False  # also copy the exported weights into MLflow's artifact store
+    tracking_uri: str | None = field(default=None, metadata={
+        "help": "any MLflow URI; None: sqlite:///<output_dir>/mlflow.db"})
+    experiment: str = field(default="endprompt-ray", metadata={"help": "MLflow experiment"})
+    log_model: bool = field(default=False, metadata={
+        "help": "also copy the exported weights into MLflow's artifact store"})
 
 
 @dataclass
 class ExtendConfig:
-    run: RunConfig = field(default_factory=RunConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    rope: RopeScaling = field(default_factory=RopeScaling)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run identity, outputs, resuming"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the base model"})
+    method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "how training samples are built"})
+    rope: RopeScaling = field(default_factory=RopeScaling, metadata={"help": "how RoPE is extended"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the training corpus"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Ray Train and DeepSpeed"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation after training"})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "MLflow"})
 
     # ---- derived paths -------------------------------------------------------------------------------------------
     @property
@@ -202,11 +242,10 @@ class ExtendConfig:
     # ---- validation ------------------------------------------------------------------------------------------------
     def validate(self) -> "ExtendConfig":
         m, t = self.method, self.train
-        if m.physical_length < 2 or m.target_length < 2:
-            raise ConfigError("method.physical_length and method.target_length must be at least 2")
-        if m.kind != "full_length" and m.target_length <= m.physical_length:
-            raise ConfigError(f"method.target_length={m.target_length} must exceed method.physical_length="
-                              f"{m.physical_length} (L <= P leaves nothing to extend)")
+        try:
+            m.check_lengths(m.kind, "method.")
+        except AnchorError as err:
+            raise ConfigError(str(err)) from None
         workers = t.num_workers
         if isinstance(workers, (list, tuple)):
             if len(workers) != 2 or not all(isinstance(w, int) for w in workers) or not 1 <= workers[0] <= workers[1]:
@@ -266,6 +305,44 @@ class ExtendConfig:
             raise ConfigError(f"train.deepspeed_config={t.deepspeed_config!r}: file not found (looked at {ds}); use "
                               f"a shipped name ({', '.join(shipped(DEEPSPEED))}) or a path to your own DeepSpeed JSON")
         return self
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One leaf setting as `--help` shows it."""
+    key: str  # dotted, e.g. method.target_length
+    type: str  # readable, e.g. "int", "str | None", "fixed | random"
+    default: str  # repr-like, e.g. "'tiny-base'", "None", "['passkey', 'ppl']"
+    help: str
+
+
+def config_fields(cls=ExtendConfig, prefix: str = "") -> list[FieldDoc]:
+    """Every leaf field of the dataclass tree under `cls`, in declaration order, nested sections walked."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint, key = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            out.extend(config_fields(hint, f"{key}."))
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = "(required)" if default is dataclasses.MISSING else repr(default)
+        out.append(FieldDoc(key, type_name(hint), shown, f.metadata.get("help", "")))
+    return out
+
+
+def type_name(hint: Any) -> str:
+    """A type as a reader writes it: int, list[float], str | None, and a Literal as its choices (fixed | random)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
+    if hint is Any:
+        return "any"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def absolute_path(path: str) -> str:

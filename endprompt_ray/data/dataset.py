@@ -241,11 +241,8 @@ def anchor_spec(cfg: ExtendConfig, tokenizer) -> AnchorSpec:
     kind = "contiguous" if m.kind == "rope_only" else m.kind
     prompt_ids = tuple(tokenizer(m.prompt_text, add_special_tokens=False)["input_ids"]) if m.prompt_text else ()
     prefix = bos_prefix(tokenizer)
-    return AnchorSpec(method=kind, physical_length=m.physical_length, target_length=m.target_length,
-                      prompt_source=m.prompt_source, prompt_ids=prompt_ids, tail_length=m.tail_length,
-                      anchor=m.anchor, anchor_offset=m.anchor_offset, mask=m.mask, short_docs=m.short_docs,
-                      eos_id=tokenizer.eos_token_id, pose_chunks=m.pose_chunks, seed=cfg.run.seed,
-                      prefix_ids=prefix).validate()
+    return AnchorSpec.from_settings(m, method=kind, prompt_ids=prompt_ids, eos_id=tokenizer.eos_token_id,
+                                    seed=cfg.run.seed, prefix_ids=prefix).validate()
 
 
 # ---- the training stream ---------------------------------------------------------------------------------------------

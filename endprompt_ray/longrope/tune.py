@@ -119,7 +119,7 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"search file {p} not found; presets live in tune_spaces/ (rope_search*.yaml)")
+            raise ConfigError(f"search file {p} not found; the shipped ones are in endprompt_ray/presets/rope_search/")
         tree = yaml.safe_load(p.read_text()) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"search file {p} must hold a mapping of settings (model:, target_length: ...)")

@@ -26,6 +26,7 @@ a document cut to them beforehand gives the same samples.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -44,23 +45,53 @@ class AnchorError(ValueError):
 
 
 @dataclass(frozen=True)
-class AnchorSpec:
-    """Everything the sample builder needs; `validate()` explains any impossible combination."""
+class AnchorSettings:
+    """The method's settings a user chooses (the config's `method` section adds to them, `AnchorSpec` too); the
+    defaults are the reference's (P = 8192, L = 65536, a fixed anchor)."""
+
+    physical_length: int = field(default=8192, metadata={"help": "P: tokens per training sample"})
+    target_length: int = field(default=65536, metadata={"help": "L: the context window being trained for"})
+    prompt_source: Literal["template", "tail", "continuation"] = field(default="template", metadata={
+        "help": "the terminal prompt: template (the prompt text), tail (the document's last b tokens) or "
+                "continuation (the b tokens right after segment 1)"})
+    tail_length: int = field(default=20, metadata={
+        "help": "b for the tail and continuation prompts (reference: 20)"})
+    anchor: Literal["fixed", "random"] = field(default="fixed", metadata={
+        "help": "fixed: last terminal position L - 1 - anchor_offset; random: start uniform in [P - b, L - b]"})
+    anchor_offset: int = field(default=0, metadata={
+        "help": "fixed anchor: the last terminal position is L - 1 - anchor_offset"})
+    mask: Literal["none", "segment1", "segment2"] = field(default="none", metadata={
+        "help": "which segment's tokens get no loss (none: loss on both, as the reference)"})
+    short_docs: Literal["pack", "skip"] = field(default="pack", metadata={
+        "help": "documents shorter than a sample: pack (joined with EOS) or skip (counted)"})
+    pose_chunks: int = field(default=2, metadata={"help": "PoSE: chunks per sample (content and position skips)"})
+
+    def check_lengths(self, method: str, where: str = "") -> None:
+        """P and L must be at least 2 and, but for full_length, L must exceed P; `where` prefixes the key names."""
+        P, L = self.physical_length, self.target_length
+        if P < 2 or L < 2:
+            raise AnchorError(f"{where}physical_length={P} and {where}target_length={L} must be at least 2")
+        if method != "full_length" and L <= P:
+            raise AnchorError(f"{where}target_length={L} must exceed {where}physical_length={P}: nothing would be "
+                              "extended. Raise method.target_length or lower method.physical_length.")
+
+
+@dataclass(frozen=True)
+class AnchorSpec(AnchorSettings):
+    """Everything the sample builder needs: the settings and the tokenizer's facts; `validate()` explains any
+    impossible combination."""
 
     method: Method = "endprompt"
-    physical_length: int = 8192  # P: tokens per training sample
-    target_length: int = 65536  # L: the context window being trained for
-    prompt_source: Literal["template", "tail", "continuation"] = "template"
     prompt_ids: tuple[int, ...] = ()  # the tokenised template, for prompt_source="template"
-    tail_length: int = 20  # b, for prompt_source="tail" or "continuation"
-    anchor: Literal["fixed", "random"] = "fixed"
-    anchor_offset: int = 0  # fixed anchor: last terminal position = L - 1 - anchor_offset
-    mask: Literal["none", "segment1", "segment2"] = "none"  # which segment's tokens get no loss
-    short_docs: Literal["pack", "skip"] = "pack"
     eos_id: int | None = None  # joins packed documents
-    pose_chunks: int = 2
     seed: int = 0
     prefix_ids: tuple[int, ...] = field(default=())  # e.g. BOS, placed at the start of every sample
+
+    @classmethod
+    def from_settings(cls, settings: AnchorSettings, **facts) -> "AnchorSpec":
+        """The spec of `settings` (any AnchorSettings, e.g. the config's method section) with the given facts."""
+        chosen = {f.name: getattr(settings, f.name) for f in dataclasses.fields(AnchorSettings)}
+        return cls(**chosen, **facts)
 
     @property
     def prompt_length(self) -> int:
@@ -97,11 +128,7 @@ class AnchorSpec:
         P, L, b = self.physical_length, self.target_length, self.prompt_length
         if self.method not in METHODS:
             raise AnchorError(f"method={self.method!r} is not one of {METHODS}")
-        if P < 2:
-            raise AnchorError(f"physical_length={P} must be at least 2")
-        if self.method != "full_length" and L <= P:
-            raise AnchorError(f"target_length={L} must exceed physical_length={P}: nothing would be extended. "
-                              "Raise method.target_length or lower method.physical_length.")
+        self.check_lengths(self.method)
         if len(self.prefix_ids) >= P:
             raise AnchorError(f"prefix of {len(self.prefix_ids)} tokens leaves no room in physical_length={P}")
         if self.method == "endprompt":

@@ -10,7 +10,7 @@ from endprompt_ray.models.attention import check_attn_implementation
 from endprompt_ray.models.cache import build_once, cache_root
 from endprompt_ray.models.gguf import converted_model_dir, gguf_source
 from endprompt_ray.resources import TOY_BASE_DIR
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TINY = "tiny"
@@ -21,15 +21,16 @@ TOY_BASE = "tiny-base"  # the toy base: trained by endprompt_ray.jobs.toybase, s
 class TinySpec:
     """A small Llama-architecture model and byte-level BPE tokenizer, built locally (no downloads)."""
 
-    vocab_size: int = 1024
-    hidden_size: int = 64
-    intermediate_size: int = 172
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 256  # the "original" window that EndPrompt extends
-    rope_theta: float = 10000.0
-    seed: int = 0
+    vocab_size: int = field(default=1024, metadata={"help": "tokenizer and embedding size"})
+    hidden_size: int = field(default=64, metadata={"help": "model width"})
+    intermediate_size: int = field(default=172, metadata={"help": "MLP width"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "decoder layers"})
+    num_attention_heads: int = field(default=4, metadata={"help": "query heads"})
+    num_key_value_heads: int = field(default=2, metadata={"help": "key/value heads (grouped-query attention)"})
+    max_position_embeddings: int = field(default=256, metadata={
+        "help": "the original window that EndPrompt extends"})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base"})
+    seed: int = field(default=0, metadata={"help": "seeds the random weights of model.name_or_path=tiny"})
 
 
 def build_tiny_tokenizer(spec: TinySpec = TinySpec()):

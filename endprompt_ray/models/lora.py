@@ -26,13 +26,16 @@ class LoraError(ValueError):
 
 @dataclass(frozen=True)
 class LoraSpec:
-    enabled: bool = False
-    rank: int = 8
-    alpha: float = 16.0  # the update is scaled by alpha / rank
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    trainable: list[str] = field(default_factory=list)  # parameter-name substrings trained fully (LongLoRA: above)
-    save_adapter: bool = False  # also write the adapter alone (PEFT format) to <model>/adapter/
+    enabled: bool = field(default=False, metadata={"help": "LoRA adapters instead of full fine-tuning"})
+    rank: int = field(default=8, metadata={"help": "adapter rank"})
+    alpha: float = field(default=16.0, metadata={"help": "the update is scaled by alpha / rank"})
+    dropout: float = field(default=0.0, metadata={"help": "adapter dropout"})
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata={
+        "help": "the adapted projections"})
+    trainable: list[str] = field(default_factory=list, metadata={
+        "help": "parameter-name substrings trained fully (LongLoRA: [embed_tokens, norm])"})
+    save_adapter: bool = field(default=False, metadata={
+        "help": "also write the adapter alone (PEFT format) to <model>/adapter/"})
 
     @property
     def scaling(self) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from endprompt_ray.config.loader import config_from_dict, load_config
+from endprompt_ray.config.loader import build_typed, config_from_dict, load_config
 from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.sweeps.paths import pin_paths
@@ -92,16 +92,6 @@ class SweepSpec:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("max_concurrent_trials",)}
 
 
-def _build(cls, raw, where: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {sorted(known)}")
-    return cls(**raw)
-
-
 def load_sweep(path: str | Path, extra_overrides: list[str] | None = None, **changes) -> SweepSpec:
     """Read, complete and check a sweep file. `changes`: command-line values for top-level keys (None: keep)."""
     path = Path(path)
@@ -111,16 +101,16 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None, **cha
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"sweep file {path} is not valid YAML: {err}") from err
-    raw = dict(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep file {path}: expected a mapping of settings (space:, metric: ...), got {raw!r}")
     if changes.get("scheduler_type") is not None:  # --scheduler keeps the file's ASHA settings
         raw["scheduler"] = {**(raw.get("scheduler") or {}), "type": changes["scheduler_type"]}
     raw.update({k: v for k, v in changes.items() if v is not None and k != "scheduler_type"})
-    spec = _build(SweepSpec, raw, f"sweep file {path}")
-    if not isinstance(spec.scheduler, SchedulerSpec):
-        spec.scheduler = _build(SchedulerSpec, spec.scheduler or {}, f"sweep file {path}: scheduler")
-    if spec.probe is not None:
-        spec.probe = _build(ProbeSpec, spec.probe, f"sweep file {path}: probe")
-    spec.overrides = [str(o) for o in spec.overrides or []] + list(extra_overrides or [])
+    try:  # typed like the main config; a sweep file's keys are settings of the sweep, not config keys
+        spec = build_typed(SweepSpec, raw, noun="key")
+    except ConfigError as err:
+        raise ConfigError(f"sweep file {path}: {err}") from None
+    spec.overrides = spec.overrides + list(extra_overrides or [])
     check(spec, path)
     return spec
 
