@@ -232,6 +232,11 @@ def training_section(run: Run, shapes: Shapes, tokenizer, device: torch.device, 
         except Exception as err:  # noqa: BLE001  recorded (out of memory: fits = false); the other rows still run
             optimizer.zero_grad()
             row.update(run.failed(f"training {name}", err))
+        planned = row["planner"]
+        if row.get("max_allocated_gib") and planned.get("peak_gib"):
+            row["measured_over_planned_memory"] = row["max_allocated_gib"] / planned["peak_gib"]
+        if row.get("seconds_per_step") and planned.get("step_time_s"):
+            row["measured_over_planned_time"] = row["seconds_per_step"] / planned["step_time_s"]
         results[name] = row
         section["seconds"] += time.monotonic() - start
         section["ratios"] = ratios(results, shapes)
