@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from endprompt_ray.corpora.passkey import FILLER_WORDS, passkey_prompt
-from endprompt_ray.corpora.reports import (PLACES, sentence)  # the corpus's own generator: the probe must read like training text
+from endprompt_ray.corpora.reports import PLACES, sentence  # the corpus's own generator: the probe must read like training text
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.generation import greedy_generate, load_model_and_tokenizer, resolve_tokenizer
 from endprompt_ray.eval.passkey_report import (PasskeyResult, aggregate, format_passkey, log_passkey_to_mlflow,
                                                write_outputs)
 from endprompt_ray.eval.ruler.fitting import Draft, TokenCounter, TooShort, fit, prefix_sums, sized_pool
 from endprompt_ray.eval.ruler.samples import sample_seed
+from endprompt_ray.rope.scaling import reset_dynamic_rope
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PROBES = ("passkey", "report_code")
@@ -180,7 +181,15 @@ def run_passkey(model, tokenizer, settings: PasskeySettings, output_dir: str | P
     """Evaluate `model` (a loaded causal LM or a model directory) on one probe; writes files under output_dir."""
     samples = build_samples(resolve_tokenizer(model, tokenizer), settings)
     model, tokenizer = load_model_and_tokenizer(model, tokenizer)
-    continuations = greedy_generate(model, tokenizer, [s.prompt for s in samples], settings.tokens_to_generate,
-                                    settings.batch_size, desc=settings.probe, progress=settings.progress)
+    continuations = [""] * len(samples)
+    # length by length, shortest first, from the original frequencies: a dynamic-NTK rotary module keeps the
+    # frequencies of the longest call it has seen, so a length generated after a longer one would be scored at them
+    for length in sorted({s.length for s in samples}):
+        chosen = [i for i, s in enumerate(samples) if s.length == length]
+        reset_dynamic_rope(model)
+        texts = greedy_generate(model, tokenizer, [samples[i].prompt for i in chosen], settings.tokens_to_generate,
+                                settings.batch_size, desc=f"{settings.probe} @{length}", progress=settings.progress)
+        for i, text in zip(chosen, texts):
+            continuations[i] = text
     records = score_continuations(samples, continuations)
     return write_outputs(aggregate(records, settings.probe), records, output_dir, dataclasses.asdict(settings))
