@@ -15,8 +15,7 @@ from endprompt_ray.errors import ConfigError
 from endprompt_ray.jobs.preflight import warn_if_out_of_memory
 from endprompt_ray.plan.architectures import KNOWN, Architecture, resolve_architecture
 from endprompt_ray.plan.cli import main
-from endprompt_ray.plan.estimate import (Workload, activation_bytes, estimate, layer_saved_bytes, logits_bytes,
-                                         model_states)
+from endprompt_ray.plan.estimate import Workload, estimate, layer_saved_bytes, logits_bytes, model_states
 from endprompt_ray.plan.gpus import GIB, gpu_from_ray_resources, gpu_spec
 from endprompt_ray.plan.planner import LOSS_CHUNKS, sequence_parallel_degrees, suggest
 
@@ -45,16 +44,24 @@ def test_parameter_counts_match_deepspeed_on_real_models():
 
 
 def test_activation_and_logit_bytes_for_a_tiny_model_by_hand():
-    w = Workload(128, bf16=False, gradient_checkpointing=False, attention="sdpa")  # fp32: 4 bytes per element
-    # per token and layer: norms 2*(4+4)*64 = 1024; q,k,v 4*16*(4+2*2) = 512; output 4*64 + lse 4*4 + o_proj
-    # input 4*64 = 528; MLP 4*4*172 = 2752 -> 4816
-    assert layer_saved_bytes(TINY, w) == 4816 * 128
-    backward, head_inputs = 2 * 4 * 172 * 128, (4 + 8) * 64 * 128
-    assert activation_bytes(TINY, w) == 2 * 4816 * 128 + backward + head_inputs
-    checkpointed = dataclasses.replace(w, gradient_checkpointing=True)
-    assert activation_bytes(TINY, checkpointed) == 2 * 4 * 64 * 128 + 4816 * 128 + backward + head_inputs
+    w = Workload(128, zero_stage=0, bf16=False, gradient_checkpointing=False, attention="sdpa")  # fp32: 4 bytes
+    # per token and layer: norms 2*(4+2*4)*64 = 1536; q,k,v 4*16*(4+2*2) = 512; output 4*64 + lse 4*4 + o_proj
+    # input 4*64 = 528; MLP 4*4*172 = 2752 -> 5328
+    assert layer_saved_bytes(TINY, w) == 5328 * 128
     assert logits_bytes(TINY, w) == 12 * 1024 * 128
     assert logits_bytes(TINY, dataclasses.replace(w, loss_chunk_size=32)) == 12 * 1024 * 32
+    head_inputs = (4 + 8) * 64 * 128
+    gate_up_gradients = 2 * 4 * 172 * 128
+    attention_backward = 16 * 128 * (4 * (4 + 4) + 2 * 2 * 4)  # dq (+ fp32 accumulator), dk, dv
+    loss_phase, layer_phase = head_inputs + 12 * 1024 * 128, gate_up_gradients + attention_backward
+    result = estimate(TINY, w)
+    states = sum(result.breakdown[k] for k in ("weights", "gradients", "optimizer states"))
+    assert result.phases == {"loss backward": loss_phase, "layer backward": layer_phase}
+    assert result.peak_bytes - states == 2 * 5328 * 128 + max(loss_phase, layer_phase)
+    chunked = estimate(TINY, dataclasses.replace(w, gradient_checkpointing=True, loss_chunk_size=16))
+    # checkpointing keeps each layer's input; chunk 16 makes the layer's backward (recomputed saves) the peak
+    assert chunked.peak_bytes - states == 2 * 4 * 64 * 128 + 5328 * 128 + layer_phase
+    assert chunked.breakdown["logits/loss"] == 0
 
 
 def _printed_gpu_gib(print_table, options: str, *args) -> float:
@@ -97,7 +104,10 @@ def test_memory_moves_the_right_way():
     assert peak() < peak(gradient_checkpointing=False)
     assert peak(offload_optimizer=True) < peak() and peak(offload_optimizer=True, offload_params=True) < peak(
         offload_optimizer=True)
-    assert peak(attention="flash_attention_2") < peak() < peak(attention="eager")
+    # with the loss chunked a layer's backward is the peak, and there the attention kernel matters
+    assert peak(attention="flash_attention_2", loss_chunk_size=4096) < peak(loss_chunk_size=4096) < peak(
+        attention="eager", loss_chunk_size=4096)
+    assert peak(attention="flash_attention_2") == peak()  # the unchunked loss is the peak: kernels do not matter
     assert peak() < peak(micro_batch=2)
 
 

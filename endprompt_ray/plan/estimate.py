@@ -6,13 +6,14 @@ tensors autograd keeps for backward in the Hugging Face Llama decoder layer as t
 parallelism: the all-to-all hands each rank the whole sequence for a_heads / N heads, so attention tensors keep
 their size while everything else shrinks by N. Per layer and token, with e bytes per activation element (2 in bf16):
 
-    2 RMSNorms       2 x (4 + e) h   the fp32 upcast of the input and the normalised product
+    2 RMSNorms       2 x (4 + 2e) h  the fp32 upcast, the normalised product, the output (the next linear's input)
     q, k, v          e (q + 2 kv)    after RoPE, kept by the attention kernel (kv heads replicated when N > kv heads)
     attention out    e q (+ e q)     the kernel's output (and SDPA's transposed copy, the o_proj input)
     MLP              4 e i           gate, up, SiLU(gate), SiLU(gate) * up
 With gradient checkpointing only each layer's input (e h) stays, plus one layer recomputed during its backward.
 The loss holds, per token, V logits in fp32 three times over in its backward (log-softmax output, its gradient and
-the gradient of the logits): 12 V bytes, for all tokens or for one train.loss_chunk_size chunk.
+the gradient of the logits): 12 V bytes, for all tokens or for one train.loss_chunk_size chunk. The peak is the
+larger of the loss's backward and a layer's backward (estimate()): the logits are freed before any layer's.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Estimate:
     headroom_bytes: int
     model_flops_per_step: float  # per GPU, recomputation not counted (the MFU convention)
     mfu: float
+    phases: dict[str, int] = field(default_factory=dict)  # the two backward peaks over the stored activations
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -179,7 +181,7 @@ def layer_saved_bytes(arch: Architecture, w: Workload) -> int:
     e, h, s, n = w.element_bytes, arch.hidden_size, w.local_tokens, w.sequence_parallel
     heads, kv_heads = _attention_heads(arch, n)
     gathered = s * n  # tokens of the rank's heads during attention: the whole sequence
-    norms = 2 * (4 + e) * h * s + ((4 + e) * (arch.q_dim + arch.kv_dim) * s if arch.qk_norm else 0)
+    norms = 2 * (4 + 2 * e) * h * s + ((4 + e) * (arch.q_dim + arch.kv_dim) * s if arch.qk_norm else 0)
     qkv = e * arch.head_size * (heads + 2 * kv_heads) * gathered
     out = e * arch.head_size * heads * gathered + 4 * heads * gathered  # output + fp32 log-sum-exp
     if w.attention != "flash_attention_2" or n > 1:  # SDPA's transpose copy / the all-to-all back: o_proj's input
@@ -203,13 +205,24 @@ def attention_workspace_bytes(arch: Architecture, w: Workload) -> int:
     return workspace
 
 
-def activation_bytes(arch: Architecture, w: Workload) -> int:
+def stored_activation_bytes(arch: Architecture, w: Workload) -> int:
+    """Kept from the forward until each layer's backward: every layer's saves, or with checkpointing only each
+    layer's input."""
     e, h, s = w.element_bytes, arch.hidden_size, w.local_tokens
-    head_inputs = (4 + 2 * e) * h * s  # the final norm's saves and the head's input
-    backward_transient = 2 * e * arch.intermediate_size * s  # gradients of gate and up alive together
     if w.gradient_checkpointing:
-        return arch.num_layers * e * h * s + layer_saved_bytes(arch, w) + backward_transient + head_inputs
-    return arch.num_layers * layer_saved_bytes(arch, w) + backward_transient + head_inputs
+        return arch.num_layers * e * h * s
+    return arch.num_layers * layer_saved_bytes(arch, w)
+
+
+def head_input_bytes(arch: Architecture, w: Workload) -> int:
+    return (4 + 2 * w.element_bytes) * arch.hidden_size * w.local_tokens  # the final norm's saves, the head's input
+
+
+def layer_backward_bytes(arch: Architecture, w: Workload) -> int:
+    """On top of the stored activations while one layer runs its backward: its recomputed saves (checkpointing)
+    and the gradients of gate and up, alive together."""
+    recomputed = layer_saved_bytes(arch, w) if w.gradient_checkpointing else 0
+    return recomputed + 2 * w.element_bytes * arch.intermediate_size * w.local_tokens
 
 
 def logits_bytes(arch: Architecture, w: Workload) -> int:
@@ -227,12 +240,23 @@ def model_flops_per_step(arch: Architecture, w: Workload) -> float:
 def estimate(arch: Architecture, w: Workload, gpu: GpuSpec | None = None, mfu: float = DEFAULT_MFU) -> Estimate:
     w.check(arch)
     states, cpu = model_states(arch, w)
-    breakdown = {**states, "activations": activation_bytes(arch, w), "logits/loss": logits_bytes(arch, w),
-                 "attention workspace": attention_workspace_bytes(arch, w)}
-    transient = breakdown["activations"] + breakdown["logits/loss"] + breakdown["attention workspace"]
+    # The backward has two peaks that never overlap: the loss (logits alive, no layer recomputed yet) and the
+    # layers (logits freed, one layer's recomputed saves, its gradients and its attention backward workspace).
+    stored = stored_activation_bytes(arch, w)
+    loss_phase = head_input_bytes(arch, w) + logits_bytes(arch, w)
+    layer_phase = layer_backward_bytes(arch, w) + attention_workspace_bytes(arch, w)
+    if loss_phase >= layer_phase:
+        peak_phase = {"activations": stored + head_input_bytes(arch, w), "logits/loss": logits_bytes(arch, w),
+                      "attention workspace": 0}
+    else:
+        peak_phase = {"activations": stored + layer_backward_bytes(arch, w), "logits/loss": 0,
+                      "attention workspace": attention_workspace_bytes(arch, w)}
+    breakdown = {**states, **peak_phase}
+    transient = sum(peak_phase.values())
     notes = []
     if w.offload_optimizer:
         notes.append(f"offload: DeepSpeed's estimator asks for {cpu / GIB:.0f} GiB of host memory per node")
     return Estimate(workload=w, gpu=gpu, breakdown=breakdown, cpu_bytes=cpu,
                     headroom_bytes=CUDA_CONTEXT_BYTES + int(FRAGMENTATION * transient),
-                    model_flops_per_step=model_flops_per_step(arch, w), mfu=mfu, notes=notes)
+                    model_flops_per_step=model_flops_per_step(arch, w), mfu=mfu,
+                    phases={"loss backward": loss_phase, "layer backward": layer_phase}, notes=notes)

@@ -87,7 +87,9 @@ def describe(arch: Architecture, w: Workload, title: str) -> str:
 
 def format_estimate(result: Estimate) -> list[str]:
     lines = [f"  {name:<22}{_gib(value)}" for name, value in result.breakdown.items()]
-    lines.append(f"  {'= peak allocated':<22}{_gib(result.peak_bytes)}")
+    lines.append(f"  {'= peak allocated':<22}{_gib(result.peak_bytes)}   (at the {max(result.phases, key=result.phases.get)}"
+                 f": loss backward {result.phases['loss backward'] / GIB:.2f} GiB, a layer's backward "
+                 f"{result.phases['layer backward'] / GIB:.2f} GiB over the stored activations)")
     lines.append(f"  {'+ context, allocator':<22}{_gib(result.headroom_bytes)}")
     w, gpu = result.workload, result.gpu
     if gpu is None:
