@@ -1,6 +1,8 @@
-"""`python -m endprompt_ray COMMAND ...`, the same as `endprompt COMMAND ...`: runs endprompt_ray.cli as the main
-module, as `python -m endprompt_ray.cli` would."""
+"""`python -m endprompt_ray COMMAND ...`, the same as `endprompt COMMAND ...`."""
 
-import runpy
+import sys
 
-runpy.run_module("endprompt_ray.cli", run_name="__main__", alter_sys=True)
+from endprompt_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,28 +18,7 @@ import importlib
 import sys
 
 from endprompt_ray.config.loader import dump_yaml, load_config
-from endprompt_ray.config.schema import ExtendConfig
-
-try:
-    from endprompt_ray.config.schema import config_fields
-except ImportError:  # DEVELOPMENT FALLBACK, to be removed once config_fields lands in schema.py
-    import dataclasses as _dc
-    import typing as _t
-
-    def config_fields(cls=ExtendConfig, prefix=""):
-        from types import SimpleNamespace
-        out = []
-        hints = _t.get_type_hints(cls)
-        for f in _dc.fields(cls):
-            hint = hints[f.name]
-            if _dc.is_dataclass(hint):
-                out += config_fields(hint, f"{prefix}{f.name}.")
-                continue
-            default = f.default if f.default is not _dc.MISSING else (
-                f.default_factory() if f.default_factory is not _dc.MISSING else None)
-            out.append(SimpleNamespace(key=prefix + f.name, type=str(hint).replace("typing.", ""),
-                                       default=repr(default), help=f.metadata.get("help", "")))
-        return out
+from endprompt_ray.config.schema import ExtendConfig, config_fields
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.resources import DEEPSPEED, PRESET, shipped
 
