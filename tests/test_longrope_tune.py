@@ -15,8 +15,8 @@ from ray.tune.search import Searcher
 from endprompt_ray.config.loader import load_config
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.longrope.evolution import Evolution, EvolutionSettings, FactorSpace
-from endprompt_ray.longrope.tune import (FactorEvaluator, LongRopeSearcher, RopeSearchSpec, SEARCH_SEED, load_spec,
-                                         make_plan, run_search)
+from endprompt_ray.longrope.spec import RopeSearchSpec, load_spec
+from endprompt_ray.longrope.tune import FactorEvaluator, LongRopeSearcher, SEARCH_SEED, make_plan, run_search
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = FactorSpace(size=8, upper=9.0)

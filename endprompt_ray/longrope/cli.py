@@ -23,7 +23,8 @@ import yaml
 
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.jobs.extend import quiet_logs
-from endprompt_ray.longrope.tune import load_spec, run_search
+from endprompt_ray.longrope.spec import load_spec
+from endprompt_ray.longrope.tune import run_search
 from endprompt_ray.resources import (
     ROPE_SEARCH,
     ResourceNotFoundError,

@@ -22,22 +22,19 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import yaml
 from ray import tune
 from ray.tune.search import Searcher
 
-from endprompt_ray.config.loader import apply_overrides, build_typed
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.generation import pick_device
 from endprompt_ray.eval.passkey import PasskeySettings, build_samples
 from endprompt_ray.eval.perplexity import PerplexitySettings, held_out_texts, token_nll, windows
-from endprompt_ray.longrope.evolution import (Evolution, EvolutionSettings, FINISHED, FactorSpace, SearchError,
-                                              critical_dim)
+from endprompt_ray.longrope.evolution import Evolution, FINISHED, FactorSpace, SearchError, critical_dim
 from endprompt_ray.longrope.report import SearchReporter, SearchResult, finish, write_plan
+from endprompt_ray.longrope.spec import RopeSearchSpec
 from endprompt_ray.models.loading import load_config, load_model, load_tokenizer
 from endprompt_ray.rope.longrope import reference_factors, resolve_factors, set_longrope_factors
 from endprompt_ray.rope.scaling import RopeScaling, existing_scaling, scaled_config
@@ -45,85 +42,6 @@ from endprompt_ray.runtime.ray_session import connect_ray
 
 SEARCH_SEED = 4321  # the evaluation's held-out documents use 1234, training 0
 NEEDLE_DEPTHS = [round(0.1 * i, 1) for i in range(10)]  # LongRoPE2: needles at depths 0-90%
-
-
-@dataclass
-class RopeSearchSpec:
-    name: str = "longrope-search"  # Tune experiment, MLflow run, output folder <output_dir>/<name>/
-    output_dir: str = "outputs"
-    model: str = "tiny-base"  # as model.name_or_path
-    attn_implementation: str = "sdpa"
-    target_length: int = 2048  # L
-    original_max_position_embeddings: int | None = None  # W; None: the model's window
-    factor: float | None = None  # s; None: ceil(L / W)
-    attention_factor: float | None = None  # None: sqrt(1 + ln s / ln W)
-    replace_existing: bool = False  # a model that ships scaling (e.g. a longrope model searched again)
-    factors: Literal["long", "short"] = "long"  # which set to search; the other is fixed
-    factors_file: str | None = None  # the fixed set (and one more seed)
-    mode: Literal["longrope", "longrope2"] = "longrope"
-    critical_dim: int | None = None  # longrope2; None: ceil(log_base(W / 2 pi) * d / 2) - 1
-    fitness: Literal["ppl", "needle"] | None = None  # None: ppl for longrope, needle for longrope2
-    upper: float | None = None  # largest factor; None: 1 + s (public code); the paper used 1.25 s
-    lower: float | None = None  # smallest searched factor; None: 1, or L / W in longrope2 mode
-    step: float = 0.01
-    population: int = 16  # the paper: 64, 40 iterations, 16 + 16 from the top 32
-    iterations: int = 8
-    mutations: int = 4
-    crossovers: int = 4
-    parents: int = 8
-    mutation_prob: float = 0.3
-    max_crossover_tries: int = 20
-    documents: str | None = None  # held-out long text (.txt/.jsonl or a folder); None: demo-corpus reports
-    text_field: str = "text"
-    num_documents: int = 4
-    needle_samples: int = 1  # per depth
-    batch_size: int = 1
-    evaluators: int = 1  # fitness actors = concurrent trials
-    cpus_per_evaluator: float = 1.0
-    gpus_per_evaluator: float = 0.0  # 1 on GPU clusters
-    seed: int = 0
-    tracking_uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db
-    experiment: str = "endprompt-ray"
-
-    def validate(self) -> "RopeSearchSpec":
-        for key in ("evaluators", "num_documents", "needle_samples", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
-        if self.documents is not None and "://" not in self.documents and not Path(self.documents).expanduser().exists():
-            raise ConfigError(f"documents={self.documents!r} does not exist; give a .txt/.jsonl file or a folder of "
-                              "long held-out text, or leave it unset for the demo reports")
-        if self.cpus_per_evaluator <= 0 and self.gpus_per_evaluator <= 0:
-            raise ConfigError("an evaluator needs cpus_per_evaluator > 0 or gpus_per_evaluator > 0")
-        self.settings()  # checks the evolution settings
-        return self
-
-    def settings(self) -> EvolutionSettings:
-        try:
-            return EvolutionSettings(self.population, self.iterations, self.mutations, self.crossovers, self.parents,
-                                     self.mutation_prob, self.max_crossover_tries, self.seed)
-        except SearchError as err:
-            raise ConfigError(str(err)) from err
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir).expanduser().resolve() / self.name
-
-    @property
-    def uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{Path(self.output_dir).expanduser().resolve() / 'mlflow.db'}"
-
-
-def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> RopeSearchSpec:
-    """Defaults <- YAML file <- `key=value` overrides, strictly typed like the main config."""
-    tree: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"search file {p} not found; the shipped ones are in endprompt_ray/presets/rope_search/")
-        tree = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"search file {p} must hold a mapping of settings (model:, target_length: ...)")
-    return build_typed(RopeSearchSpec, apply_overrides(tree, overrides or [], "population=64")).validate()
 
 
 @dataclass
