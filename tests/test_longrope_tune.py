@@ -200,3 +200,11 @@ def test_the_comparison_of_scalings_without_fine_tuning(tiny_dir, tmp_path, one_
     assert [r["variant"] for r in rows] == ["base", "PI", "NTK", "YaRN", "LongRoPE"]
     assert rows[1]["rope"] == "linear x2" and all(math.isfinite(r["ppl_target"]) for r in rows)
     assert markdown(rows, 256).splitlines()[-1].startswith("| 2x (512) | LongRoPE |")
+
+
+def test_every_search_setting_is_documented():
+    from endprompt_ray.config.schema import config_fields
+
+    docs = {d.key: d for d in config_fields(RopeSearchSpec)}
+    assert docs["mode"].type == "longrope | longrope2" and docs["population"].default == "16"
+    assert all(d.help.strip() for d in docs.values()), [k for k, d in docs.items() if not d.help.strip()]

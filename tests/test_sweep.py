@@ -321,3 +321,12 @@ def test_a_failed_trial_is_summarised_by_the_database_error_not_its_trailer(tmp_
                           "WHERE runs.run_uuid = ?]\n[parameters: ('372a',)]\n"
                           "(Background on this error at: https://sqlalche.me/e/21/e3q8)\n")
     assert _first_line(SimpleNamespace(error_file=str(error_file))) == "(sqlite3.OperationalError) database is locked"
+
+
+def test_every_sweep_setting_is_documented():
+    from endprompt_ray.config.schema import config_fields
+    from endprompt_ray.sweeps.spec import SweepSpec
+
+    docs = {d.key: d for d in config_fields(SweepSpec)}
+    assert "scheduler.grace_period" in docs and docs["probe"].type == "ProbeSpec | None"
+    assert all(d.help.strip() for d in docs.values()), [k for k, d in docs.items() if not d.help.strip()]

@@ -56,36 +56,46 @@ class Dimension:
 @dataclass
 class ProbeSpec:
     """A quick passkey probe on held-out samples during training (teacher-forced loss and exact match of the key)."""
-    every: int = 50  # steps; the probe runs at the first report at or after each multiple
-    samples: int = 2  # per depth
-    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    length: int | None = None  # None: method.target_length
+    every: int = field(default=50, metadata={
+        "help": "steps; the probe runs at the first report at or after each multiple"})
+    samples: int = field(default=2, metadata={"help": "passkey samples per depth"})
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], metadata={
+        "help": "needle depths"})
+    length: int | None = field(default=None, metadata={"help": "prompt length; None: method.target_length"})
 
 
 @dataclass
 class SchedulerSpec:
-    type: str = "none"  # none | asha
-    metric: str = "probe/nll"  # one of TRAINING_METRICS
-    mode: str = "min"
-    grace_period: int = 100  # training steps before a trial can be stopped
-    reduction_factor: float = 2
+    type: str = field(default="none", metadata={"help": "none, or asha (stops weaker trials early)"})
+    metric: str = field(default="probe/nll", metadata={
+        "help": "a metric reported during training: loss, probe/nll or probe/acc"})
+    mode: str = field(default="min", metadata={"help": "min or max"})
+    grace_period: int = field(default=100, metadata={"help": "training steps before a trial can be stopped"})
+    reduction_factor: float = field(default=2, metadata={"help": "ASHA keeps 1 / reduction_factor of the trials"})
 
 
 @dataclass
 class SweepSpec:
-    name: str = "anchor-sweep"
-    base_config: str | None = None  # a preset's name or a YAML path; None: the built-in CPU default
-    overrides: list[str] = field(default_factory=list)  # fixed for every trial, `a.b=c`
-    space: dict = field(default_factory=dict)
-    metric: str = "passkey/acc/target"  # reported once per trial, after its evaluation
-    mode: str = "max"
-    search: str = "grid"  # grid: grid values crossed; random: every dimension drawn; optuna (TPE); hyperopt
-    num_samples: int = 1  # grid: repeats of the grid; otherwise: trials
-    max_concurrent_trials: int | str = "auto"  # auto: as many as the cluster's CPUs/GPUs hold (trial resources)
-    trial_cpus: float = 0.1  # the trial function itself; its Ray Train workers reserve their own resources
-    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
-    probe: ProbeSpec | None = None
-    seed: int = 0  # the searcher's seed
+    name: str = field(default="anchor-sweep", metadata={"help": "names the sweep's folders and MLflow runs"})
+    base_config: str | None = field(default=None, metadata={
+        "help": "a preset's name or a YAML path; None: the built-in CPU default"})
+    overrides: list[str] = field(default_factory=list, metadata={"help": "a.b=c settings fixed for every trial"})
+    space: dict = field(default_factory=dict, metadata={
+        "help": "dotted config key (or group name) -> one distribution, e.g. {grid: [a, b]}"})
+    metric: str = field(default="passkey/acc/target", metadata={
+        "help": "reported once per trial, after its evaluation: passkey/acc/<length>, ppl/<length>, ruler/..."})
+    mode: str = field(default="max", metadata={"help": "max or min of the metric"})
+    search: str = field(default="grid", metadata={
+        "help": "grid (values crossed), random (every dimension drawn), optuna (TPE) or hyperopt"})
+    num_samples: int = field(default=1, metadata={"help": "grid: repeats of the grid; otherwise: trials"})
+    max_concurrent_trials: int | str = field(default="auto", metadata={
+        "help": "auto: as many as the cluster's CPUs/GPUs hold"})
+    trial_cpus: float = field(default=0.1, metadata={
+        "help": "CPUs of the trial function itself; its Ray Train workers reserve their own"})
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec, metadata={"help": "early stopping"})
+    probe: ProbeSpec | None = field(default=None, metadata={
+        "help": "a passkey probe during training, e.g. {every: 50}; None: none"})
+    seed: int = field(default=0, metadata={"help": "the searcher's seed"})
 
     def fingerprint(self) -> dict:
         """What must not change when a sweep of this name is continued."""
