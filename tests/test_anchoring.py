@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from endprompt_ray.config.loader import load_config
+from endprompt_ray.errors import ConfigError
 from endprompt_ray.method.anchoring import (AnchorError, AnchorSpec, IGNORE_INDEX, build_samples, cut_to_span,
                                             pack_short_documents, sample_keys, to_flat, uniform_draws)
 
@@ -259,9 +261,6 @@ def test_invalid_settings_explain_themselves(kw, message):
 
 
 def test_the_length_check_is_one_rule_named_where_it_is_made():
-    from endprompt_ray.config.loader import load_config
-    from endprompt_ray.errors import ConfigError
-
     with pytest.raises(AnchorError, match=r"^target_length=8 must exceed physical_length=8: nothing would be"):
         spec(target_length=8)
     with pytest.raises(ConfigError, match=r"^method.target_length=8 must exceed method.physical_length=8: nothing"):

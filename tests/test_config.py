@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from endprompt_ray.config.loader import config_from_dict, load_config
+from endprompt_ray.config.schema import ExtendConfig, FieldDoc, config_fields
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.training.trainer import deepspeed_config, scaling_config
 
@@ -84,8 +85,6 @@ def test_prompt_sources():
 
 
 def test_every_config_field_is_documented_with_its_type_and_default():
-    from endprompt_ray.config.schema import ExtendConfig, FieldDoc, config_fields
-
     docs = config_fields()
     assert [d.key for d in docs] == list(ExtendConfig().flat_params())  # every leaf, in the order a dump shows
     assert all(d.help.strip() for d in docs), [d.key for d in docs if not d.help.strip()]

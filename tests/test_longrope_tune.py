@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune.search import Searcher
 
 from endprompt_ray.config.loader import load_config
+from endprompt_ray.config.schema import config_fields
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.longrope.evolution import Evolution, EvolutionSettings, FactorSpace
 from endprompt_ray.longrope.spec import RopeSearchSpec, load_spec
@@ -203,8 +204,6 @@ def test_the_comparison_of_scalings_without_fine_tuning(tiny_dir, tmp_path, one_
 
 
 def test_every_search_setting_is_documented():
-    from endprompt_ray.config.schema import config_fields
-
     docs = {d.key: d for d in config_fields(RopeSearchSpec)}
     assert docs["mode"].type == "longrope | longrope2" and docs["population"].default == "16"
     assert all(d.help.strip() for d in docs.values()), [k for k, d in docs.items() if not d.help.strip()]

@@ -10,13 +10,14 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from endprompt_ray.config.loader import load_config
+from endprompt_ray.config.schema import config_fields
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.runtime.tracking import ERROR_TAG, run_status
 from endprompt_ray.sweeps import dimensions, load_sweep
 from endprompt_ray.sweeps.paths import check_tracking_reachable, is_node_local
 from endprompt_ray.sweeps.results import Row, write_best_config
 from endprompt_ray.sweeps.search import param_space, trial_count
-from endprompt_ray.sweeps.spec import base_config
+from endprompt_ray.sweeps.spec import SweepSpec, base_config
 from endprompt_ray.sweeps.trial import TrialPlan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,9 +325,6 @@ def test_a_failed_trial_is_summarised_by_the_database_error_not_its_trailer(tmp_
 
 
 def test_every_sweep_setting_is_documented():
-    from endprompt_ray.config.schema import config_fields
-    from endprompt_ray.sweeps.spec import SweepSpec
-
     docs = {d.key: d for d in config_fields(SweepSpec)}
     assert "scheduler.grace_period" in docs and docs["probe"].type == "ProbeSpec | None"
     assert all(d.help.strip() for d in docs.values()), [k for k, d in docs.items() if not d.help.strip()]
