@@ -161,3 +161,17 @@ def test_the_registry_and_its_settings():
     assert suite_settings("report_code", SuiteOptions(passkey_depths=[0.5]), [256]).depths is None  # depth 0 only
     with pytest.raises(EvalInputError, match="unknown suite.s. needles in suites; choose from ruler, passkey"):
         evaluate_suites("unused", None, ["ppl", "needles"], [256], "unused")
+
+
+
+def test_each_passkey_length_is_generated_at_its_own_frequencies(export, tmp_path, one_thread):
+    """Within the passkey suite too: scoring 512 and 1024 in one call equals scoring each length alone on a fresh
+    model. Both are above the window, where transformers keeps the frequencies of the longest call it has seen;
+    generation used to run the longest prompts first and score 512 at 1024's frequencies."""
+    settings = dict(num_samples=2, batch_size=BATCH, seed=SEED)
+    run_passkey(*fresh(export), PasskeySettings(lengths=[512, TARGET], **settings), tmp_path / "together")
+    alone = []
+    for length in (512, TARGET):
+        run_passkey(*fresh(export), PasskeySettings(lengths=[length], **settings), tmp_path / str(length))
+        alone += predictions(tmp_path / str(length))
+    assert sorted(predictions(tmp_path / "together")) == sorted(alone)
