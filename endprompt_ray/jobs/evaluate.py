@@ -1,8 +1,8 @@
 """Evaluate a model directory on RULER, passkey, perplexity (and LongBench); print tables, optionally log to MLflow.
 
-    python pipelines/evaluate.py --model DIR --lengths 4096,8192 --tasks niah_single_1,vt --samples 10 --output out/
-    python pipelines/evaluate.py --model tiny --lengths 1024 --samples 2          # the locally built tiny model
-    python pipelines/evaluate.py --model DIR --suites passkey,report_code,ppl --lengths 256,1024,2048
+    endprompt evaluate --model DIR --lengths 4096,8192 --tasks niah_single_1,vt --samples 10 --output out/
+    endprompt evaluate --model tiny --lengths 1024 --samples 2          # the locally built tiny model
+    endprompt evaluate --model DIR --suites passkey,report_code,ppl --lengths 256,1024,2048
 
 Default: every RULER task whose data is available, at the model's window (config.max_position_embeddings).
 Suites: ruler (default), passkey (Landmark's passkey by length x depth), report_code (recall the demo corpus's

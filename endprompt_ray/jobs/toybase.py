@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import time
 
-    parser = argparse.ArgumentParser(prog="python -m endprompt_ray.jobs.toybase", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="endprompt build-toy-base", description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=TOY_BASE_DIR, help=f"model directory (default {TOY_BASE_DIR})")
     parser.add_argument("--steps", type=int, default=ToyBaseSpec.steps, help="pretraining steps")
     parser.add_argument("--score-only", action="store_true", help="score the model in --output without training")

@@ -1,5 +1,5 @@
 """What a LongRoPE search leaves behind: progress lines, MLflow, the best factors file, a config snippet for
-pipelines/extend.py, and plots.
+`endprompt extend`, and plots.
 
 After every generation (so an interrupted search still leaves its best so far): one console line; on the MLflow
 parent run the best perplexity so far and the generation's best (step = generation), and a child run per generation
@@ -163,7 +163,7 @@ def extend_snippet(spec, factors_path: Path) -> Path:
         rope["replace_existing"] = True
     snippet = {"model": {"name_or_path": spec.model}, "method": {"target_length": spec.target_length}, "rope": rope}
     path = spec.run_dir / "extend_longrope.yaml"
-    path.write_text(f"# the searched factors for pipelines/extend.py:\n#   python pipelines/extend.py --config {path}\n"
+    path.write_text(f"# the searched factors, for EndPrompt on top of them:\n#   endprompt extend --config {path}\n"
                     + yaml.safe_dump(snippet, sort_keys=False))
     return path
 
@@ -239,4 +239,4 @@ class SearchResult:
     files: dict
     mlflow_run_id: str
     wall_time_s: float
-    complete: bool  # False: interrupted before the last generation (python tune_spaces/search_rope.py --resume)
+    complete: bool  # False: interrupted before the last generation (endprompt search-rope --resume)

@@ -1,5 +1,5 @@
 """What a sweep found: a table sorted by the metric (text and CSV), a plot of the metric against each swept
-dimension, and the best trial's full config as a YAML that `pipelines/extend.py --config` runs unchanged."""
+dimension, and the best trial's full config as a YAML that `endprompt extend --config` runs unchanged."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def write_best_config(best: Row, plan: TrialPlan, path: Path) -> Path:
     head = (f"# Best trial {best.trial_id} of sweep '{plan.spec.name}': {plan.spec.metric} = "
             f"{best.value(plan.spec.metric):.4g} ({plan.spec.mode} is better)\n"
             f"# swept values: {swept.replace(chr(10), chr(10) + '# ')}\n"  # every line a comment
-            f"# run it: python pipelines/extend.py --config {path}\n")
+            f"# run it: endprompt extend --config {path}\n")
     path.write_text(head + dump_yaml(cfg))
     return path
 
