@@ -164,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.published_only:
         print("(a) this CPU: one training step's added peak RSS vs the planner's activations + logits + attention")
-        print(f"{'model':<24}{'seq':>6} {'ckpt':>5} {'chunk':>6} {'predicted MiB':>14} {'measured MiB':>13} {'error':>7}")
+        print(f"{'model':<24}{'seq':>6} {'ckpt':>5} {'chunk':>6} {'predicted MiB':>14} {'measured MiB':>13} "
+              f"{'error':>7}")
         for row in cpu_rows():
-            print(f"{row['model']:<24}{row['sequence']:>6} {str(row['checkpointing']):>5} {row['chunk']:>6} "
+            print(f"{row['model']:<24}{row['sequence']:>6} {row['checkpointing']!s:>5} {row['chunk']:>6} "
                   f"{row['predicted_mib']:>14.1f} {row['measured_mib']:>13.1f} {row['error']:>+7.1%}")
     if not args.cpu_only:
         print("\n(b) published GPU runs: predicted peak within 20% where one is reported, fit/OOM right otherwise")

@@ -15,7 +15,13 @@ from endprompt_ray.errors import ConfigError
 from endprompt_ray.jobs.preflight import warn_if_out_of_memory
 from endprompt_ray.plan.architectures import KNOWN, Architecture, resolve_architecture
 from endprompt_ray.plan.cli import main
-from endprompt_ray.plan.estimate import Workload, estimate, layer_saved_bytes, logits_bytes, model_states
+from endprompt_ray.plan.estimate import (
+    Workload,
+    estimate,
+    layer_saved_bytes,
+    logits_bytes,
+    model_states,
+)
 from endprompt_ray.plan.gpus import GIB, gpu_from_ray_resources, gpu_spec
 from endprompt_ray.plan.planner import LOSS_CHUNKS, sequence_parallel_degrees, suggest
 
@@ -28,7 +34,12 @@ H100 = gpu_spec("h100-80gb")
 
 def test_parameter_counts_match_deepspeed_on_real_models():
     from deepspeed.runtime.zero.stage3 import model_to_params
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     llama = LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
@@ -74,10 +85,12 @@ def _printed_gpu_gib(print_table, options: str, *args) -> float:
 
 @pytest.mark.parametrize("offload", [(False, False), (True, False), (True, True)])
 def test_model_states_are_deepspeeds_zero3_table(offload):
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold
+    from deepspeed.runtime.zero.stage3 import (
+        estimate_zero3_model_states_mem_needs_all_cold,
+    )
 
     w = Workload(8192, zero_stage=3, offload_optimizer=offload[0], offload_params=offload[1], gpus_per_node=8)
-    device = lambda on: r"\S*cpu" if on else "none"  # noqa: E731  (DeepSpeed prints its enum: OffloadDeviceEnum.cpu)
+    device = lambda on: r"\S*cpu" if on else "none"
     options = f"offload_param={device(offload[1])}, offload_optimizer={device(offload[0])}, zero_init=1"
     printed = _printed_gpu_gib(estimate_zero3_model_states_mem_needs_all_cold, options, LLAMA3_8B.total_params,
                                LLAMA3_8B.largest_layer_params, 8, 1)
@@ -86,7 +99,9 @@ def test_model_states_are_deepspeeds_zero3_table(offload):
 
 
 def test_model_states_are_deepspeeds_zero2_table():
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs_all_cold
+    from deepspeed.runtime.zero.stage_1_and_2 import (
+        estimate_zero2_model_states_mem_needs_all_cold,
+    )
 
     printed = _printed_gpu_gib(estimate_zero2_model_states_mem_needs_all_cold, "offload_optimizer=none",
                                QWEN3_4B.total_params, 4, 1)
@@ -97,7 +112,7 @@ def test_model_states_are_deepspeeds_zero2_table():
 
 def test_memory_moves_the_right_way():
     base = Workload(32768, gpus_per_node=8, loss_chunk_size=0)
-    peak = lambda **change: estimate(LLAMA3_8B, dataclasses.replace(base, **change)).peak_bytes  # noqa: E731
+    peak = lambda **change: estimate(LLAMA3_8B, dataclasses.replace(base, **change)).peak_bytes
     assert peak() < peak(sequence_length=65536)
     assert peak(sequence_parallel=2) < peak() and peak(sequence_parallel=8) < peak(sequence_parallel=2)
     assert peak(loss_chunk_size=4096) < peak()

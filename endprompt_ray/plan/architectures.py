@@ -64,7 +64,7 @@ class Architecture:
         return self.num_layers * (self.layer_params - 2 * self.hidden_size) + self.embedding_params
 
     @classmethod
-    def from_hf_config(cls, config, name: str = "") -> "Architecture":
+    def from_hf_config(cls, config, name: str = "") -> Architecture:
         heads = config.num_attention_heads
         return cls(name=name or getattr(config, "_name_or_path", "") or config.model_type,
                    hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,

@@ -81,7 +81,7 @@ class Workload:
 
     @classmethod
     def from_config(cls, cfg: ExtendConfig, gpus_per_node: int | None = None, nodes: int = 1,
-                    sequence_parallel: int | None = None) -> "Workload":
+                    sequence_parallel: int | None = None) -> Workload:
         """What `cfg` trains: per-sample tokens are L for full_length and P for every other method."""
         t, m = cfg.train, cfg.method
         zero = json.loads(cfg.deepspeed_path().read_text()).get("zero_optimization", {})
@@ -140,6 +140,7 @@ class Estimate:
         row = {key: round(value / GIB, 2) for key, value in self.breakdown.items()}
         row.update(peak_gib=round(self.peak_bytes / GIB, 2), reserved_gib=round(self.reserved_bytes / GIB, 2),
                    cpu_gib=round(self.cpu_bytes / GIB, 1), fits=self.fits, step_time_s=self.step_time_s,
+                   **{f"{phase.replace(' ', '_')}_gib": round(value / GIB, 2) for phase, value in self.phases.items()},
                    tokens_per_s=self.tokens_per_s, **dataclasses.asdict(self.workload))
         return row
 
@@ -150,7 +151,9 @@ def model_states(arch: Architecture, w: Workload) -> tuple[dict[str, int], int]:
     master weights and Adam moments 4 + 8 per parameter, the last three sharded over the GPUs)."""
     try:  # imported here: an image without DeepSpeed still imports the planner and gets this message
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+        from deepspeed.runtime.zero.stage_1_and_2 import (
+            estimate_zero2_model_states_mem_needs,
+        )
     except ImportError as err:
         raise ConfigError(f"the planner takes its weight/gradient/optimizer figures from DeepSpeed's ZeRO estimators, "
                           f"and DeepSpeed cannot be imported here ({err}): pip install 'deepspeed>=0.18'") from err

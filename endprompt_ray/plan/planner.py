@@ -55,8 +55,8 @@ def suggest(arch: Architecture, w: Workload, gpu: GpuSpec, mfu: float = DEFAULT_
     found: dict[str, Suggestion] = {}
     for change, candidate in _candidates(arch, w):
         kind = change.split("=")[0] if " " not in change else "combined"
-        if kind in found:
-            continue
+        if kind in found or (kind == "combined" and "train.sequence_parallel" in found):
+            continue  # a combination is only worth naming when SP alone does not fit
         result = estimate(arch, candidate, gpu, mfu)
         if result.fits:
             found[kind] = Suggestion(change, result)
@@ -87,9 +87,10 @@ def describe(arch: Architecture, w: Workload, title: str) -> str:
 
 def format_estimate(result: Estimate) -> list[str]:
     lines = [f"  {name:<22}{_gib(value)}" for name, value in result.breakdown.items()]
-    lines.append(f"  {'= peak allocated':<22}{_gib(result.peak_bytes)}   (at the {max(result.phases, key=result.phases.get)}"
-                 f": loss backward {result.phases['loss backward'] / GIB:.2f} GiB, a layer's backward "
-                 f"{result.phases['layer backward'] / GIB:.2f} GiB over the stored activations)")
+    at, phases = max(result.phases, key=result.phases.get), result.phases
+    lines.append(f"  {'= peak allocated':<22}{_gib(result.peak_bytes)}   (at the {at}: loss backward "
+                 f"{phases['loss backward'] / GIB:.2f} GiB, a layer's backward {phases['layer backward'] / GIB:.2f} "
+                 f"GiB over the stored activations)")
     lines.append(f"  {'+ context, allocator':<22}{_gib(result.headroom_bytes)}")
     w, gpu = result.workload, result.gpu
     if gpu is None:
@@ -117,8 +118,9 @@ def format_plan(arch: Architecture, w: Workload, gpu: GpuSpec | None, title: str
     if result.fits is False:
         if found:
             lines.append("  changes that fit (each alone; the first is the smallest of its kind):")
-            lines += [f"    {'--set ' + s.change.replace(' ', ' --set '):<90} {s.estimate.reserved_bytes / GIB:6.1f} GiB, "
-                      f"~{s.estimate.step_time_s:.2f} s/step" for s in found]
+            lines += [f"    {'--set ' + s.change.replace(' ', ' --set '):<90} "
+                      f"{s.estimate.reserved_bytes / GIB:6.1f} GiB, ~{s.estimate.step_time_s:.2f} s/step"
+                      for s in found]
         else:
             lines.append("  nothing tried fits (SP up to the GPU count, loss chunks, checkpointing, offload): add GPUs "
                          "or shorten the sequence")
