@@ -11,13 +11,14 @@ from endprompt_ray.eval.heldout import (HELDOUT_PROBES, PROBE_SIGNATURES, Heldou
                                         run_heldout)
 from endprompt_ray.eval.passkey import score_continuations
 from endprompt_ray.eval.passkey_report import aggregate
-from endprompt_ray.models.loading import load_tokenizer, toy_base_dir
+from endprompt_ray.models.loading import load_config, load_model, load_tokenizer, toy_base_dir
+from endprompt_ray.rope.scaling import RopeScaling, scaled_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NEEDLE = {"locker": re.compile(r"The locker of ([A-Z][a-z]+ [A-Z][a-z]+) holds the number (\d+)\."),
           "ticket_qa": re.compile(r"([A-Z][a-z]+ [A-Z][a-z]+) paid (\d+) coins for a ticket to the [a-z]+ [a-z]+\.")}
 QUESTION = {"locker": "Which number does the locker of {name} hold? The locker of {name} holds the number",
-            "ticket_qa": "Question: How many coins did {name} pay for the ticket?\nAnswer:"}
+            "ticket_qa": "Question: How many coins did {name} pay for the ticket?\nAnswer: {name} paid"}
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,17 @@ def test_the_toy_base_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["by_length"] == {"256": result.by_length[256]} and summary["settings"]["probe"] == "locker"
     assert (tmp_path / "locker_heatmap.png").read_bytes()[:8] == PNG
+
+
+def test_a_length_scores_the_same_after_a_longer_one_under_dynamic_ntk(tmp_path):
+    """transformers keeps a dynamic-NTK module scaled for the longest call it has seen; each length starts afresh."""
+    config = scaled_config(load_config("tiny-base"), 2048, RopeScaling(type="dynamic"))
+    model, tokenizer = load_model("tiny-base", config=config), load_tokenizer("tiny-base")
+    short = HeldoutSettings(lengths=[1024], depths=[0.0, 1.0], num_samples=2, progress=False)  # above the window
+    fresh = [json.loads(line)["raw_pred"] for line in
+             (run_heldout(model, tokenizer, short, tmp_path / "a").files["predictions"]).read_text().splitlines()]
+    run_heldout(model, tokenizer, HeldoutSettings(lengths=[2048], depths=[0.5], num_samples=1, progress=False),
+                tmp_path / "long")
+    again = [json.loads(line)["raw_pred"] for line in
+             (run_heldout(model, tokenizer, short, tmp_path / "b").files["predictions"]).read_text().splitlines()]
+    assert again == fresh

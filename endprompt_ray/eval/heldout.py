@@ -7,7 +7,8 @@ Two plain-English formats, each a fact stated once inside a haystack of varied E
   Amber Falcon hold? The locker of Amber Falcon holds the number"
 - `ticket_qa` (question-answer): "Read the story and answer the question at the end." ... "Glass Harbor paid 48213
   coins for a ticket to the quiet orchard." ... "Question: How many coins did Glass Harbor pay for the ticket?
-  Answer:"
+  Answer: Glass Harbor paid" (the answer restates its subject, so a model that answers "Answer: 4" and stops, as
+  SmolLM2-135M does after a bare "Answer:" for 7 of 20 keys whose first digit it got right, is not scored on style)
 
 The needle goes after round(depth * n) of the n haystack sentences; prompts are fitted to exact token budgets with
 `ruler.fitting` (as eval/passkey.py does) and a sample scores 1 when the first integer of the greedy continuation is
@@ -33,6 +34,7 @@ from endprompt_ray.eval.passkey_report import PasskeyResult, aggregate, write_ou
 from endprompt_ray.eval.ruler.fitting import Draft, TokenCounter, TooShort, fit, prefix_sums, sized_pool
 from endprompt_ray.eval.ruler.samples import sample_seed
 from endprompt_ray.eval.ruler.words import _wordlist
+from endprompt_ray.rope.scaling import reset_dynamic_rope
 
 HELDOUT_PROBES = ("locker", "ticket_qa")
 # The toy base's pretraining corpus (corpora/toy.py) is made of these probes' own formats: scores on them measure
@@ -107,7 +109,7 @@ def ticket_qa(rng: np.random.Generator, key: int) -> Statement:
     name, place = entity_name(rng), f"{_pick(rng, 'adjectivelist.txt')} {_pick(rng, 'nounlist.txt')}"
     return Statement("Read the story and answer the question at the end.",
                      f"{name} paid {key} coins for a ticket to the {place}.",
-                     f"Question: How many coins did {name} pay for the ticket?\nAnswer:")
+                     f"Question: How many coins did {name} pay for the ticket?\nAnswer: {name} paid")
 
 
 STATEMENTS = {"locker": locker, "ticket_qa": ticket_qa}
@@ -184,12 +186,26 @@ def build_heldout_samples(tokenizer, settings: HeldoutSettings) -> list[ProbeSam
     return samples
 
 
+def generate_by_length(model, tokenizer, samples: list[ProbeSample], batch_size: int, progress: bool) -> list[str]:
+    """Greedy continuations, length by length from the shortest, each from the original RoPE frequencies: a
+    dynamic-NTK rotary module keeps the frequencies of the longest call it has seen."""
+    continuations = [""] * len(samples)
+    for length in sorted({s.length for s in samples}):
+        chosen = [i for i, s in enumerate(samples) if s.length == length]
+        reset_dynamic_rope(model)
+        texts = greedy_generate(model, tokenizer, [samples[i].prompt for i in chosen],
+                                max(samples[i].tokens_to_generate for i in chosen), batch_size,
+                                desc=f"{samples[chosen[0]].probe} @{length}", progress=progress)
+        for i, text in zip(chosen, texts):
+            continuations[i] = text
+    return continuations
+
+
 def run_heldout(model, tokenizer, settings: HeldoutSettings, output_dir: str | Path) -> PasskeyResult:
     """Evaluate `model` (a loaded causal LM or a model directory) on one held-out probe; writes predictions.jsonl,
     summary.json and a depth x length heatmap under output_dir."""
     samples = build_heldout_samples(resolve_tokenizer(model, tokenizer), settings)
     model, tokenizer = load_model_and_tokenizer(model, tokenizer)
-    continuations = greedy_generate(model, tokenizer, [s.prompt for s in samples], settings.tokens_to_generate,
-                                    settings.batch_size, desc=settings.probe, progress=settings.progress)
+    continuations = generate_by_length(model, tokenizer, samples, settings.batch_size, settings.progress)
     records = score_continuations(samples, continuations)
     return write_outputs(aggregate(records, settings.probe), records, output_dir, dataclasses.asdict(settings))
