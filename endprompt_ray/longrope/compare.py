@@ -18,6 +18,7 @@ from pathlib import Path
 
 from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites
 from endprompt_ray.models.loading import load_config, load_model, load_tokenizer
+from endprompt_ray.rope.longrope import resolve_factors
 from endprompt_ray.rope.scaling import RopeScaling, describe, scaled_config
 
 
@@ -33,7 +34,7 @@ def compare(model: str, targets: dict[int, str | None], num_documents: int = 8, 
         variants = [("base", RopeScaling(type="none")), ("PI", RopeScaling(type="linear")),
                     ("NTK", RopeScaling(type="dynamic")), ("YaRN", RopeScaling(type="yarn"))]
         if factors_file:
-            variants.append(("LongRoPE", RopeScaling(type="longrope", factors_file=factors_file)))
+            variants.append(("LongRoPE", resolve_factors(RopeScaling(type="longrope", factors_file=factors_file))))
         lengths = [window, target]
         for name, rope in variants:
             started = time.perf_counter()
