@@ -114,7 +114,7 @@ def _proc_status_mb(field: str) -> float | None:
 def _micro_batches(source, samples: int, micro_batch: int, accumulation: int, rank: int, world: int, device,
                    sp: SequenceParallel | None = None):
     """The micro-batches of data-parallel rank `rank` of `world` in the optimizer step that begins at stream position
-    `samples` (data.py); with `sp`, this worker's shard of each."""
+    `samples` (data/dataset.py); with `sp`, this worker's shard of each."""
     import torch
 
     batches = [{k: torch.from_numpy(v).to(device=device, dtype=torch.long) for k, v in batch.items()}
