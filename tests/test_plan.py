@@ -60,7 +60,8 @@ def test_activation_and_logit_bytes_for_a_tiny_model_by_hand():
     # input 4*64 = 528; MLP 4*4*172 = 2752 -> 5328
     assert layer_saved_bytes(TINY, w) == 5328 * 128
     assert logits_bytes(TINY, w) == 12 * 1024 * 128
-    assert logits_bytes(TINY, dataclasses.replace(w, loss_chunk_size=32)) == 12 * 1024 * 32
+    assert logits_bytes(TINY, dataclasses.replace(w, loss_chunk_size=32)) == 12 * 1024 * 32 + 4 * 1024 * 64
+    assert logits_bytes(TINY, dataclasses.replace(w, loss_chunk_size=32, zero_stage=3)) == 12 * 1024 * 32
     head_inputs = (4 + 8) * 64 * 128
     gate_up_gradients = 2 * 4 * 172 * 128
     attention_backward = 16 * 128 * (4 * (4 + 4) + 2 * 2 * 4)  # dq (+ fp32 accumulator), dk, dv

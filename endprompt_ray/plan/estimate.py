@@ -229,8 +229,13 @@ def layer_backward_bytes(arch: Architecture, w: Workload) -> int:
 
 
 def logits_bytes(arch: Architecture, w: Workload) -> int:
-    chunk = w.local_tokens if w.loss_chunk_size <= 0 else min(w.loss_chunk_size, w.local_tokens)
-    return LOGIT_BYTES_PER_VOCAB * arch.vocab_size * chunk
+    """The cross-entropy backward's vocab-wide tensors; chunked, each chunk's backward also makes a fresh gradient
+    of the head's weight while its logits are alive (measured: benchmarks/plan_accuracy.py), which ZeRO-3 already
+    counts in DeepSpeed's gathered largest layer."""
+    if w.loss_chunk_size <= 0 or w.loss_chunk_size >= w.local_tokens:
+        return LOGIT_BYTES_PER_VOCAB * arch.vocab_size * w.local_tokens
+    head_gradient = 0 if w.zero_stage == 3 else w.element_bytes * arch.vocab_size * arch.hidden_size
+    return LOGIT_BYTES_PER_VOCAB * arch.vocab_size * w.loss_chunk_size + head_gradient
 
 
 def model_flops_per_step(arch: Architecture, w: Workload) -> float:
