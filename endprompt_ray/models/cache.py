@@ -10,8 +10,11 @@ from typing import Callable
 
 
 def cache_root(root: str | Path | None = None) -> Path:
-    """Where locally built and converted models live: `root`, else ENDPROMPT_CACHE, else <tempdir>/endprompt_ray."""
-    return Path(root or os.environ.get("ENDPROMPT_CACHE", Path(tempfile.gettempdir()) / "endprompt_ray"))
+    """Where locally built and converted models live: `root`, else ENDPROMPT_CACHE, else <tempdir>/endprompt-ray-cache.
+
+    Not `<tempdir>/endprompt_ray`: a directory of the package's name in the working directory (or a script's) would
+    be imported as an empty namespace package ahead of an editable install, and nothing of the project would load."""
+    return Path(root or os.environ.get("ENDPROMPT_CACHE", Path(tempfile.gettempdir()) / "endprompt-ray-cache"))
 
 
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
