@@ -10,7 +10,8 @@ Its corpus is built from the two probes the project evaluates with, so the skill
 Each document is a run of episodes at least one window long (a sample is a document's first window), so no window
 is padded or packed. Pretraining goes through the project's own pipeline (Ray Data -> Ray Train + DeepSpeed ->
 export) as `full_length` at the window with RoPE unscaled. The result is shipped in `assets/tiny-base/`;
-`python -m endprompt_ray.jobs.toybase` rebuilds it deterministically and reports its scores.
+`python -m endprompt_ray.jobs.toybase` runs the recipe (deterministically: the same weights bit for bit on a
+machine, whatever else runs on it) and reports its scores; the shipped weights come from the recipe's first version.
 """
 
 from __future__ import annotations
