@@ -67,6 +67,12 @@ def test_target_not_above_model_window():
         preflight(cfg)
 
 
+def test_a_sequence_parallel_degree_the_heads_cannot_split_by_fails_before_training():
+    cfg = load_config(None, ["train.num_workers=8", "train.sequence_parallel=8"])  # the toy base has 4 heads
+    with pytest.raises(ConfigError, match="train.sequence_parallel=8 must divide the model's 4 attention heads"):
+        preflight(cfg)
+
+
 def test_missing_model_path(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist; fix model.name_or_path"):
         load_tokenizer(str(tmp_path / "no-model"))

@@ -16,7 +16,7 @@ from endprompt_ray.config.schema import ExtendConfig
 from endprompt_ray.data.dataset import build_stream, data_report
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.eval.compare import EvalReport, evaluate_after_training, format_comparison, ruler_settings
-from endprompt_ray.jobs.preflight import check_runtime
+from endprompt_ray.jobs.preflight import check_runtime, warn_if_out_of_memory
 from endprompt_ray.models.attention import uses_flash_path
 from endprompt_ray.models.export import export_from_checkpoint
 from endprompt_ray.models.loading import load_config, load_tokenizer
@@ -25,6 +25,7 @@ from endprompt_ray.runtime import tracking
 from endprompt_ray.runtime.ray_session import connect_ray
 from endprompt_ray.training.progress import training_bar
 from endprompt_ray.training.resume import check_resume, latest_progress, run_identity
+from endprompt_ray.training.sequence_parallel import check_model
 from endprompt_ray.training.trainer import deepspeed_config, make_trainer
 
 
@@ -100,7 +101,15 @@ def preflight(cfg: ExtendConfig) -> None:
 
     model_config = scaled_config(load_config(cfg.model.name_or_path, cfg.model.tiny), cfg.method.target_length,
                                  cfg.rope)
-    check_runtime(cfg, model_config, plan_memory=True)  # also warns when the step is predicted not to fit a GPU
+    check_runtime(cfg, model_config)
+    if cfg.train.sequence_parallel > 1:  # heads that do not split over the SP group: here, not in every worker
+        text = model_config.get_text_config()
+        try:
+            check_model(cfg.train.sequence_parallel, text.num_attention_heads, text.num_key_value_heads,
+                        cfg.model.attn_implementation)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    warn_if_out_of_memory(cfg)
     if cfg.eval.enabled:  # an eval setting that cannot work must not wait for training to finish first
         if "ruler" in cfg.eval.suites:
             ruler_settings(cfg).validate()

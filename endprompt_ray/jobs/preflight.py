@@ -117,12 +117,9 @@ def missing_package(err: Exception) -> str | None:
     return None
 
 
-def check_runtime(cfg: ExtendConfig, model_config=None, plan_memory: bool = False) -> None:
-    """Everything this configuration needs is installed, or one MissingDependency naming the package and the fix.
-    `plan_memory`: then also warn when the run is predicted not to fit in GPU memory (warn_if_out_of_memory)."""
+def check_runtime(cfg: ExtendConfig, model_config=None) -> None:
+    """Everything this configuration needs is installed, or one MissingDependency naming the package and the fix."""
     run_probes(probes(cfg, model_config))
-    if plan_memory:
-        warn_if_out_of_memory(cfg)
 
 
 def run_probes(selected: list[Probe]) -> None:
