@@ -114,3 +114,21 @@ def test_evaluate_cli_reports_a_bad_gguf_in_one_line(tmp_path, capsys):
     assert cli.main(["--model", str(bad), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "is not a GGUF file" in err and "\n" not in err
+
+
+def test_the_model_cache_replaces_a_directory_left_without_its_model(tmp_path):
+    """A cached directory is used only when it holds a config and a tokenizer; one left with less (an interrupted
+    copy, files removed by hand) is rebuilt rather than returned as if another process had just built it."""
+    from endprompt_ray.models.cache import build_once
+
+    def build(staging):
+        (staging / "config.json").write_text("{}")
+        (staging / "tokenizer.json").write_text("new")
+
+    target = tmp_path / "tiny-key"
+    target.mkdir()
+    (target / "tokenizer.json").write_text("old")  # no config.json
+    assert build_once(target, build) == target
+    assert (target / "config.json").exists() and (target / "tokenizer.json").read_text() == "new"
+    assert build_once(target, lambda staging: pytest.fail("a complete directory is not rebuilt")) == target
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-key"]  # no staging directory left behind

@@ -23,7 +23,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     The rename is atomic: concurrent builders of the same key cannot leave a half-written directory, and a failed
     build leaves nothing behind.
     """
-    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+    if _complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
@@ -34,6 +34,14 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
         raise
     try:
         staging.rename(target)
-    except OSError:  # another process won the race; its copy is identical
-        shutil.rmtree(staging, ignore_errors=True)
+    except OSError:  # the target exists: another process won the race (its copy is identical) ...
+        if _complete(target):
+            shutil.rmtree(staging, ignore_errors=True)
+        else:  # ... or a directory without the model was left there: replace it
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
     return target
+
+
+def _complete(model_dir: Path) -> bool:
+    return (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
