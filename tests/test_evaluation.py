@@ -62,6 +62,13 @@ def test_comparison_table_and_files(tmp_path):
     assert lines[1].split()[-4:] == ["100.0", "0.0", "1.50", "40.25"]
     assert lines[2].startswith("endprompt (linear x8, 10 steps)") and lines[2].split()[-4:] == ["95.0", "62.5",
                                                                                                  "1.60", "2.00"]
+    assert lines[3] == "passkey: the formats the toy base was pretrained on (in-distribution for tiny-base)"
+    assert len(lines) == 4
+    report.scores["trained"]["ticket_qa"] = {256: 12.5, 2048: 0.0}
+    lines = format_comparison(report).splitlines()
+    assert lines[0].split()[6:9] == ["ticket_qa", "%", "@256"] and lines[2].split()[-4:-2] == ["12.5", "0.0"]
+    assert lines[1].split()[-4:-2] == ["-", "-"]  # not scored on the base
+    assert lines[4] == "ticket_qa: held out (no corpus of the project contains these formats)"
     files = write_comparison(report, tmp_path)
     assert files["comparison_plot"].read_bytes().startswith(PNG)
     assert json.loads(files["comparison_json"].read_text())["scores"]["trained"]["passkey"]["2048"] == 62.5
@@ -86,6 +93,8 @@ def test_default_job_is_a_before_after_demo(local_ray, tmp_path, capsys):
     comparison = json.loads((tmp_path / "endprompt-tiny" / "eval" / "comparison.json").read_text())
     assert set(comparison["scores"]) == {"base", "rope_only", "trained"}
     assert comparison["scores"]["base"]["passkey"]["256"] >= 80  # the toy base retrieves at its window
+    assert {"locker", "ticket_qa"} <= set(comparison["scores"]["trained"])  # the held-out formats are reported
+    assert "locker, ticket_qa: held out" in out and "passkey: the formats the toy base was pretrained on" in out
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("endprompt-ray").experiment_id])

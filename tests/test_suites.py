@@ -151,7 +151,7 @@ def test_every_suite_starts_at_the_original_frequencies(monkeypatch, tmp_path):
 
 
 def test_the_registry_and_its_settings():
-    assert list(SUITES) == ["ruler", "passkey", "report_code", "ppl", "longbench"]
+    assert list(SUITES) == ["ruler", "passkey", "report_code", "locker", "ticket_qa", "ppl", "longbench"]
     options = SuiteOptions(seed=3, batch_size=2, passkey_samples=1, ruler_samples=7,
                            overrides={"ruler": {"lengths": [2048, 512]}, "passkey": {"batch_size": 8}})
     ruler = suite_settings("ruler", options, [256])
@@ -159,6 +159,8 @@ def test_the_registry_and_its_settings():
     passkey = suite_settings("passkey", options, [1024, 256, 1024])
     assert (passkey.lengths, passkey.batch_size, passkey.num_samples) == ([256, 1024], 8, 1)
     assert suite_settings("report_code", SuiteOptions(passkey_depths=[0.5]), [256]).depths is None  # depth 0 only
+    locker = suite_settings("locker", SuiteOptions(passkey_depths=[0.5], passkey_samples=3), [512, 256])
+    assert (locker.probe, locker.lengths, locker.depths, locker.num_samples) == ("locker", [256, 512], [0.5], 3)
     with pytest.raises(EvalInputError, match="unknown suite.s. needles in suites; choose from ruler, passkey"):
         evaluate_suites("unused", None, ["ppl", "needles"], [256], "unused")
 

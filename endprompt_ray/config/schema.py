@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from endprompt_ray.errors import ConfigError
 from endprompt_ray.method.anchoring import METHODS, AnchorError, AnchorSettings
@@ -124,21 +124,23 @@ class TrainConfig:
     lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "the LoRA / LongLoRA baseline"})
 
 
-EvalSuite = Literal["passkey", "ppl", "ruler"]
+EvalSuite = Literal["passkey", "report_code", "locker", "ticket_qa", "ppl", "ruler"]
 
 
 @dataclass
 class EvalConfig:
     enabled: bool = field(default=True, metadata={"help": "evaluate after training"})
     suites: list[EvalSuite] = field(default_factory=lambda: ["passkey", "ppl"], metadata={
-        "help": "passkey, ppl (perplexity by length), ruler"})
+        "help": "passkey, report_code, locker and ticket_qa (held-out retrieval formats), ppl (perplexity by "
+                "length), ruler"})
     compare: bool = field(default=True, metadata={
         "help": "also score the base model and RoPE scaling alone: the before/after table"})
     lengths: list[int] = field(default_factory=list, metadata={
         "help": "passkey and perplexity lengths; empty: [window, L/2, L] (RULER: [L])"})
     tasks: list[str] = field(default_factory=list, metadata={"help": "RULER tasks; empty: every task that can run"})
     num_samples: int = field(default=2, metadata={"help": "RULER samples per task and length"})
-    passkey_samples: int = field(default=4, metadata={"help": "passkey samples per length and depth"})
+    passkey_samples: int = field(default=4, metadata={
+        "help": "samples per length and depth of each retrieval probe (passkey, report_code, locker, ticket_qa)"})
     passkey_depths: list[float] = field(default_factory=list, metadata={
         "help": "needle depths; empty: 0, 0.25, 0.5, 0.75, 1"})
     ppl_documents: str | None = field(default=None, metadata={
@@ -296,7 +298,8 @@ class ExtendConfig:
             raise ConfigError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (a fraction of learning_rate)")
         e = self.eval
         if e.enabled and not e.suites:
-            raise ConfigError("eval.suites is empty: name at least one of passkey, ppl, ruler, or set eval.enabled=false")
+            raise ConfigError(f"eval.suites is empty: name at least one of {', '.join(get_args(EvalSuite))}, or set "
+                              "eval.enabled=false")
         for name in ("num_samples", "passkey_samples", "ppl_num_documents", "batch_size"):
             if getattr(e, name) < 1:
                 raise ConfigError(f"eval.{name} must be at least 1")

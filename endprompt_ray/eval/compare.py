@@ -12,21 +12,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
-from endprompt_ray.config.schema import ExtendConfig
+from endprompt_ray.config.schema import EvalSuite, ExtendConfig
 from endprompt_ray.eval.generation import load_model_and_tokenizer
+from endprompt_ray.eval.heldout import HELDOUT_PROBES, IN_DISTRIBUTION_PROBES
 from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites, log_suites, suite_scores, suite_settings
 from endprompt_ray.models.loading import load_config, load_model, load_tokenizer
 from endprompt_ray.plotting import pyplot
 from endprompt_ray.rope.scaling import describe, extension_window, scaled_config
 
-SUITES = ("passkey", "ppl", "ruler")  # the job's suites (eval.suites), in the order it runs them and the table's
+SUITES = get_args(EvalSuite)  # the job's suites (eval.suites), in the order it runs them and the table's
 
 
 @dataclass
 class EvalReport:
     lengths: list[int]
-    scores: dict[str, dict[str, dict[int, float]]]  # variant -> "passkey" | "ppl" | "ruler" -> length -> value
+    scores: dict[str, dict[str, dict[int, float]]]  # variant -> suite row ("passkey", "ppl", ...) -> length -> value
     labels: dict[str, str]  # variant -> row label
     ruler: dict = field(default_factory=dict)  # the trained model's RULER summary, as before
     files: dict[str, Path] = field(default_factory=dict)
@@ -129,15 +131,23 @@ def format_comparison(report: EvalReport) -> str:
     columns = [(suite, n) for suite in SUITES for n in report.lengths
                if any(n in s.get(suite, {}) for s in report.scores.values())]
     width = max(len(label) for label in report.labels.values()) + 2
-    titles = {"passkey": "passkey %", "ppl": "PPL", "ruler": "RULER"}
-    header = "".ljust(width) + "".join(f"{titles[s]} @{n}".rjust(16) for s, n in columns)
-    lines = [header]
+    titles = {"ppl": "PPL", "ruler": "RULER"}  # a retrieval probe: "<name> %"
+    headers = [f"{titles.get(s, s + ' %')} @{n}" for s, n in columns]
+    cell = max([16] + [len(h) + 2 for h in headers])
+    lines = ["".ljust(width) + "".join(h.rjust(cell) for h in headers)]
     for variant, suites in report.scores.items():
         cells = []
         for suite, n in columns:
             value = suites.get(suite, {}).get(n)
             cells.append("-" if value is None else f"{value:.1f}" if suite != "ppl" else f"{value:.2f}")
-        lines.append(report.labels[variant].ljust(width) + "".join(c.rjust(16) for c in cells))
+        lines.append(report.labels[variant].ljust(width) + "".join(c.rjust(cell) for c in cells))
+    shown = {s for s, _ in columns}
+    if shown & set(IN_DISTRIBUTION_PROBES):
+        lines.append(f"{', '.join(p for p in IN_DISTRIBUTION_PROBES if p in shown)}: the formats the toy base "
+                     "was pretrained on (in-distribution for tiny-base)")
+    if shown & set(HELDOUT_PROBES):
+        lines.append(f"{', '.join(p for p in HELDOUT_PROBES if p in shown)}: held out (no corpus of the project "
+                     "contains these formats)")
     return "\n".join(lines)
 
 
@@ -146,7 +156,8 @@ def write_comparison(report: EvalReport, out_dir: Path) -> dict[str, Path]:
     files = {"comparison_table": out_dir / "comparison.txt", "comparison_json": out_dir / "comparison.json"}
     files["comparison_table"].write_text(format_comparison(report) + "\n")
     files["comparison_json"].write_text(json.dumps(report.to_dict(), indent=2))
-    panels = [s for s in ("passkey", "ppl") if any(s in v for v in report.scores.values())]
+    panels = [s for s in ("passkey", "report_code", *HELDOUT_PROBES, "ppl")
+              if any(s in v for v in report.scores.values())]
     if panels:
         plt = pyplot()
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
@@ -157,8 +168,10 @@ def write_comparison(report: EvalReport, out_dir: Path) -> dict[str, Path]:
             ax.set_xscale("log", base=2)
             ax.set_xticks(report.lengths, [str(n) for n in report.lengths])
             ax.set_xlabel("context length (tokens)")
-            if suite == "passkey":
-                ax.set_ylabel("passkey accuracy (%)")
+            if suite != "ppl":
+                held = "held out" if suite in HELDOUT_PROBES else "in-distribution for tiny-base"
+                ax.set_ylabel(f"{suite} accuracy (%)")
+                ax.set_title(f"{suite} ({held})", fontsize=9)
                 ax.set_ylim(-5, 105)
             else:
                 ax.set_ylabel("perplexity (log scale)")

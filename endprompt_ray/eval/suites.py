@@ -32,6 +32,7 @@ from typing import Any
 
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.generation import is_model_path
+from endprompt_ray.eval.heldout import HeldoutSettings, run_heldout
 from endprompt_ray.eval.longbench import LongBenchSettings, format_longbench, log_longbench_to_mlflow, run_longbench
 from endprompt_ray.eval.passkey import PasskeySettings, format_passkey, log_passkey_to_mlflow, run_passkey
 from endprompt_ray.eval.perplexity import (DEMO_DOCUMENTS, PerplexitySettings, format_perplexity,
@@ -103,6 +104,15 @@ def _probe(probe: str) -> Suite:
         run=run_passkey, scores=probe_scores(probe), log=_logger(log_passkey_to_mlflow), format=format_passkey)
 
 
+def _heldout(probe: str) -> Suite:
+    """A held-out retrieval probe (eval/heldout.py): a format no generated training corpus contains."""
+    return Suite(
+        settings=lambda o, lengths: HeldoutSettings(
+            lengths=lengths, probe=probe, depths=o.passkey_depths, num_samples=o.passkey_samples,
+            batch_size=o.batch_size, seed=o.seed, progress=o.progress),
+        run=run_heldout, scores=probe_scores(probe), log=_logger(log_passkey_to_mlflow), format=format_passkey)
+
+
 SUITES: dict[str, Suite] = {  # in this order the evaluate command runs and prints them
     "ruler": Suite(
         settings=lambda o, lengths: RulerSettings(
@@ -113,6 +123,8 @@ SUITES: dict[str, Suite] = {  # in this order the evaluate command runs and prin
         format=lambda r: "RULER\n" + format_table(r)),
     "passkey": _probe("passkey"),
     "report_code": _probe("report_code"),
+    "locker": _heldout("locker"),
+    "ticket_qa": _heldout("ticket_qa"),
     "ppl": Suite(
         settings=lambda o, lengths: PerplexitySettings(
             lengths=lengths, documents_path=o.ppl_documents, text_field=o.ppl_text_field,
