@@ -22,18 +22,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from endprompt_ray.corpora.words import LISTS, entity_name, fill, pick
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.generation import greedy_generate, load_model_and_tokenizer, resolve_tokenizer
 from endprompt_ray.eval.passkey import DEFAULT_DEPTHS, MIN_FILL, ProbeSample, score_continuations
 from endprompt_ray.eval.passkey_report import PasskeyResult, aggregate, write_outputs
 from endprompt_ray.eval.ruler.fitting import Draft, TokenCounter, TooShort, fit, prefix_sums, sized_pool
 from endprompt_ray.eval.ruler.samples import sample_seed
-from endprompt_ray.eval.ruler.words import _wordlist
 from endprompt_ray.rope.scaling import reset_dynamic_rope
 
 HELDOUT_PROBES = ("locker", "ticket_qa")
@@ -64,30 +63,8 @@ _SHAPES = (  # haystack sentence shapes; {a} an adjective, {n} a noun, {v} a ver
 _PARAGRAPH = 0.12  # chance that a sentence starts a new paragraph
 
 
-@lru_cache(maxsize=None)
-def _words(name: str) -> tuple[str, ...]:
-    """Plain lowercase words of one wonderwords list (no spaces, hyphens or digits), sorted."""
-    return tuple(sorted({w for w in _wordlist(name) if w.isalpha() and w.islower()}))
-
-
-def _pick(rng: np.random.Generator, name: str) -> str:
-    pool = _words(name)
-    return pool[rng.integers(len(pool))]
-
-
 def haystack_sentence(rng: np.random.Generator) -> str:
-    shape = _SHAPES[rng.integers(len(_SHAPES))]
-    parts = shape.split("{")
-    out = [parts[0]]
-    for part in parts[1:]:
-        kind, rest = part[0], part[2:]
-        out.append(_pick(rng, {"a": "adjectivelist.txt", "n": "nounlist.txt", "v": "verblist.txt"}[kind]) + rest)
-    return "".join(out)
-
-
-def entity_name(rng: np.random.Generator) -> str:
-    """Two capitalised words, read as a name ("Amber Falcon")."""
-    return f"{_pick(rng, 'adjectivelist.txt').capitalize()} {_pick(rng, 'nounlist.txt').capitalize()}"
+    return fill(rng, _SHAPES[rng.integers(len(_SHAPES))])
 
 
 @dataclass(frozen=True)
@@ -106,7 +83,7 @@ def locker(rng: np.random.Generator, key: int) -> Statement:
 
 
 def ticket_qa(rng: np.random.Generator, key: int) -> Statement:
-    name, place = entity_name(rng), f"{_pick(rng, 'adjectivelist.txt')} {_pick(rng, 'nounlist.txt')}"
+    name, place = entity_name(rng), f"{pick(rng, LISTS['a'])} {pick(rng, LISTS['n'])}"
     return Statement("Read the story and answer the question at the end.",
                      f"{name} paid {key} coins for a ticket to the {place}.",
                      f"Question: How many coins did {name} pay for the ticket?\nAnswer: {name} paid")
