@@ -14,7 +14,7 @@ from endprompt_ray.eval.heldout import (HELDOUT_PROBES, IN_DISTRIBUTION_PROBES, 
 from endprompt_ray.eval.passkey import PasskeySettings, build_samples
 from endprompt_ray.eval.ruler.tasks import NEEDLE, NIAH_ANSWER_PREFIX, NIAH_TEMPLATE, VT_ANSWER_PREFIX, VT_TEMPLATE
 from endprompt_ray.models.loading import load_tokenizer
-from endprompt_ray.models.toy import ToyBaseSpec
+from endprompt_ray.models.toy import RECALL_SPEC, ToyBaseSpec
 
 # Episode formats are fixed strings drawn at every episode, so the recipe's first documents hold every one of them;
 # the full 24000 would take a minute.
@@ -76,3 +76,10 @@ def test_in_distribution_probes_are_what_the_toy_base_trained_on(corpora, probe)
     toy = {"toy base pretraining": corpora["toy base pretraining"]}
     missing = [sig for sig, where in _found(PROBE_SIGNATURES[probe], toy).items() if not where]
     assert not missing, f"{probe} is labelled in-distribution but the toy base's corpus lacks {missing}"
+
+
+def test_the_recall_corpus_holds_no_evaluation_format(toy_tokenizer):
+    """The recall recipe (corpora/recall.py) is meant to hold every probe out, the in-distribution ones included."""
+    text = "\n".join(toy_documents(RECALL_SPEC, toy_tokenizer, count=TOY_DOCUMENTS))
+    leaks = {probe: [sig for sig in signatures if sig in text] for probe, signatures in PROBE_SIGNATURES.items()}
+    assert not any(leaks.values()), leaks

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from endprompt_ray.corpora.passkey import passkey_prompt
+from endprompt_ray.corpora.recall import recall_episodes
 from endprompt_ray.corpora.reports import make_document
 
 
@@ -23,6 +24,11 @@ def passkey_episode(rng: np.random.Generator, window_words: int) -> str:
 
 
 def episodes(rng: np.random.Generator, spec):
+    """The recipe's episodes: `spec.corpus` "episodes" (passkey prompts and station reports, the evaluation's own
+    formats) or "recall" (corpora/recall.py: varied facts and spans, no evaluation format)."""
+    if spec.corpus == "recall":
+        yield from recall_episodes(rng, spec)
+        return
     window_words = spec.model.max_position_embeddings // 2  # a filler word is one or two tokens
     while True:
         if rng.random() < spec.passkey_share:

@@ -19,20 +19,21 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from endprompt_ray.config.loader import load_config
 from endprompt_ray.corpora.toy import toy_documents
 from endprompt_ray.eval.generation import load_model_and_tokenizer
+from endprompt_ray.eval.heldout import HELDOUT_PROBES
 from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites
 from endprompt_ray.jobs.extend import quiet_logs, run_extend
 from endprompt_ray.models.loading import TOY_BASE, build_tiny_model
-from endprompt_ray.models.toy import ToyBaseSpec, build_toy_tokenizer
+from endprompt_ray.models.toy import RECALL_SPEC, ToyBaseSpec, build_toy_tokenizer
 from endprompt_ray.resources import TOY_BASE_DIR
 
 
-# ---- corpus ----------------------------------------------------------------------------------------------------------
+RECIPES = {"episodes": ToyBaseSpec(), "recall": RECALL_SPEC}
 
 
 # ---- building ----------------------------------------------------------------------------------------------------------
@@ -71,12 +72,15 @@ def build_toy_base(destination: Path = TOY_BASE_DIR, spec: ToyBaseSpec = ToyBase
 # ---- scoring and the command ------------------------------------------------------------------------------------------
 
 def score_toy_base(model_dir: Path, out_dir: Path, lengths=(256, 2048), samples: int = 8) -> dict:
-    """Passkey accuracy (%) and perplexity by length: the window it must pass and 8x the window it must fail."""
+    """Passkey accuracy (%) and perplexity by length: the window it must pass and 8x the window it must fail; and
+    the held-out probes' accuracy (formats no recipe trains on)."""
     model, tokenizer = load_model_and_tokenizer(str(model_dir))
-    options = SuiteOptions(passkey_samples=samples, overrides={"passkey": {"batch_size": 8}, "ppl": {"batch_size": 4}})
-    results = evaluate_suites(model, tokenizer, ["passkey", "ppl"], list(lengths), out_dir, options)
+    batches = {"passkey": {"batch_size": 8}, "ppl": {"batch_size": 4}, **{p: {"batch_size": 8} for p in HELDOUT_PROBES}}
+    options = SuiteOptions(passkey_samples=samples, overrides=batches)
+    results = evaluate_suites(model, tokenizer, ["passkey", *HELDOUT_PROBES, "ppl"], list(lengths), out_dir, options)
     passkey, ppl = results["passkey"], results["ppl"]
     return {"passkey": {int(n): v for n, v in passkey.by_length.items()},
+            "heldout": {p: {int(n): v for n, v in results[p].by_length.items()} for p in HELDOUT_PROBES},
             "passkey_by_depth": {int(n): {f"{d:g}": v for d, v in by.items()} for n, by in passkey.accuracy.items()},
             "ppl": {int(n): round(v, 3) for n, v in ppl.ppl.items()},
             "tail_ppl": {int(n): round(v, 3) for n, v in ppl.tail_ppl.items()}}
@@ -87,15 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     parser = argparse.ArgumentParser(prog="endprompt build-toy-base", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", type=Path, default=TOY_BASE_DIR, help=f"model directory (default {TOY_BASE_DIR})")
-    parser.add_argument("--steps", type=int, default=ToyBaseSpec.steps, help="pretraining steps")
+    parser.add_argument("--output", type=Path, default=None, help=f"model directory (default: {TOY_BASE_DIR} for "
+                        "the episodes recipe, which it ships; ./tiny-base-<recipe> for another)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="episodes",
+                        help="episodes: the shipped base's corpus (passkey prompts and station reports, the "
+                             "evaluation's own formats); recall: varied facts and recurring spans, no evaluation "
+                             "format (corpora/recall.py), an experimental recipe")
+    parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the recipe's)")
     parser.add_argument("--score-only", action="store_true", help="score the model in --output without training")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = TOY_BASE_DIR if args.recipe == "episodes" else Path(f"tiny-base-{args.recipe}")
 
     started = time.perf_counter()
     if not args.score_only:
         quiet_logs(Path(tempfile.gettempdir()) / "toy-base-build.log")
-        build_toy_base(args.output, ToyBaseSpec(steps=args.steps))
+        spec = RECIPES[args.recipe]
+        build_toy_base(args.output, replace(spec, steps=args.steps or spec.steps))
     scores = score_toy_base(args.output, Path(tempfile.mkdtemp(prefix="toy-base-scores-")))
     record = args.output / "toy_base.json"
     if record.exists():  # the build's record carries the scores it was shipped with

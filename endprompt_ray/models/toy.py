@@ -24,6 +24,13 @@ class ToyBaseSpec:
     learning_rate: float = 1e-3
     warmup_steps: int = 50
     seed: int = 0
+    corpus: str = "episodes"  # "episodes": passkey + reports (the evaluation's formats); "recall": corpora/recall.py
+
+
+# The recall recipe (corpora/recall.py): no evaluation format in its corpus, English haystacks, so a larger vocabulary.
+RECALL_SPEC = ToyBaseSpec(corpus="recall", model=TinySpec(
+    vocab_size=2048, hidden_size=128, intermediate_size=340, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=4, max_position_embeddings=256))
 
 
 def build_toy_tokenizer(spec: ToyBaseSpec):
@@ -35,7 +42,9 @@ def build_toy_tokenizer(spec: ToyBaseSpec):
 
     rng = np.random.default_rng(spec.seed + 1)
     stream = episodes(rng, spec)
-    texts = [next(stream) for _ in range(600)] + generate_documents(100, seed=spec.seed + 2)
+    texts = [next(stream) for _ in range(600)]
+    if spec.corpus == "episodes":
+        texts += generate_documents(100, seed=spec.seed + 2)
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                        pre_tokenizers.ByteLevel(add_prefix_space=False)])
