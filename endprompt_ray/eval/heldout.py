@@ -20,8 +20,8 @@ checks both against every generated training corpus.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,9 @@ import numpy as np
 from endprompt_ray.corpora.words import LISTS, entity_name, fill, pick
 from endprompt_ray.eval.errors import EvalInputError
 from endprompt_ray.eval.generation import greedy_generate, load_model_and_tokenizer, resolve_tokenizer
-from endprompt_ray.eval.passkey import DEFAULT_DEPTHS, MIN_FILL, ProbeSample, score_continuations
+from endprompt_ray.eval.passkey import DEFAULT_DEPTHS, ProbeSample, score_continuations, seeded_samples
 from endprompt_ray.eval.passkey_report import PasskeyResult, aggregate, write_outputs
-from endprompt_ray.eval.ruler.fitting import Draft, TokenCounter, TooShort, fit, prefix_sums, sized_pool
-from endprompt_ray.eval.ruler.samples import sample_seed
+from endprompt_ray.eval.ruler.fitting import Draft, TokenCounter, prefix_sums, sized_pool
 from endprompt_ray.rope.scaling import reset_dynamic_rope
 
 HELDOUT_PROBES = ("locker", "ticket_qa")
@@ -142,25 +141,8 @@ def heldout_draft(probe: str, rng: np.random.Generator, depth: float, counter: T
 
 
 def build_heldout_samples(tokenizer, settings: HeldoutSettings) -> list[ProbeSample]:
-    """Seeded samples for every length x depth x index; a sample is the same whatever else runs."""
     settings.validate()
-    counter = TokenCounter(tokenizer)
-    ttg, samples = settings.tokens_to_generate, []
-    for length in sorted(set(settings.lengths)):
-        budget, target = length - ttg, math.ceil(MIN_FILL * length) - ttg
-        for depth in settings.resolved_depths():
-            for index in range(settings.num_samples):
-                rng = np.random.default_rng(sample_seed(settings.seed, f"{settings.probe}@{depth}", length, index))
-                try:
-                    draft, key = heldout_draft(settings.probe, rng, depth, counter, budget)
-                    fitted = fit(draft, counter, budget, target)
-                except TooShort as err:
-                    raise EvalInputError(f"{settings.probe} does not fit in length {length} with this tokenizer: "
-                                         f"it needs at least {err.needed + ttg} tokens ({ttg} of them generated); "
-                                         "drop or raise that length") from err
-                samples.append(ProbeSample(settings.probe, length, depth, index, key, fitted.prompt,
-                                           fitted.prompt_tokens, ttg))
-    return samples
+    return seeded_samples(tokenizer, settings, partial(heldout_draft, settings.probe))
 
 
 def generate_by_length(model, tokenizer, samples: list[ProbeSample], batch_size: int, progress: bool) -> list[str]:

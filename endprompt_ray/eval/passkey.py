@@ -137,8 +137,15 @@ DRAFTS = {"passkey": passkey_draft, "report_code": report_code_draft}
 
 
 def build_samples(tokenizer, settings: PasskeySettings) -> list[ProbeSample]:
-    """Seeded samples for every length x depth x index; a sample is the same whatever else runs."""
     settings.validate()
+    return seeded_samples(tokenizer, settings, DRAFTS[settings.probe])
+
+
+def seeded_samples(tokenizer, settings, draft) -> list[ProbeSample]:
+    """Seeded samples for every length x depth x index of validated `settings` (a probe's settings: lengths,
+    resolved_depths(), num_samples, seed, probe, tokens_to_generate), each prompt drawn by
+    `draft(rng, depth, counter, budget) -> (Draft, key)` and fitted to its length; a sample is the same whatever
+    else runs."""
     counter = TokenCounter(tokenizer)
     ttg, samples = settings.tokens_to_generate, []
     for length in sorted(set(settings.lengths)):
@@ -147,8 +154,8 @@ def build_samples(tokenizer, settings: PasskeySettings) -> list[ProbeSample]:
             for index in range(settings.num_samples):
                 rng = np.random.default_rng(sample_seed(settings.seed, f"{settings.probe}@{depth}", length, index))
                 try:
-                    draft, key = DRAFTS[settings.probe](rng, depth, counter, budget)
-                    fitted = fit(draft, counter, budget, target)
+                    drawn, key = draft(rng, depth, counter, budget)
+                    fitted = fit(drawn, counter, budget, target)
                 except TooShort as err:
                     raise EvalInputError(f"{settings.probe} does not fit in length {length} with this tokenizer: "
                                          f"it needs at least {err.needed + ttg} tokens ({ttg} of them generated); "
