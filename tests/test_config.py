@@ -91,7 +91,14 @@ def test_every_config_field_is_documented_with_its_type_and_default():
     by_key = {d.key: d for d in docs}
     anchor = by_key["method.anchor"]
     assert anchor == FieldDoc("method.anchor", "fixed | random", "'random'", anchor.help) and "L - 1" in anchor.help
-    assert (by_key["eval.suites"].type, by_key["eval.suites"].default) == ("list[passkey | ppl | ruler]",
-                                                                           "['passkey', 'ppl']")
+    assert (by_key["eval.suites"].type, by_key["eval.suites"].default) == (
+        "list[passkey | report_code | locker | ticket_qa | ppl | ruler]", "['passkey', 'locker', 'ticket_qa', 'ppl']")
     assert (by_key["rope.factor"].type, by_key["rope.factor"].default) == ("float | None", "None")
     assert by_key["train.lora.rank"].default == "8" and by_key["model.tiny.max_position_embeddings"].type == "int"
+
+
+def test_the_tiny_cpu_preset_is_the_built_in_default_spelled_out():
+    """Its header says so: running with no --config gives exactly this preset."""
+    import dataclasses
+
+    assert dataclasses.asdict(load_config("tiny-cpu")) == dataclasses.asdict(load_config(None))

@@ -130,7 +130,7 @@ EvalSuite = Literal["passkey", "report_code", "locker", "ticket_qa", "ppl", "rul
 @dataclass
 class EvalConfig:
     enabled: bool = field(default=True, metadata={"help": "evaluate after training"})
-    suites: list[EvalSuite] = field(default_factory=lambda: ["passkey", "ppl"], metadata={
+    suites: list[EvalSuite] = field(default_factory=lambda: ["passkey", "locker", "ticket_qa", "ppl"], metadata={
         "help": "passkey, report_code, locker and ticket_qa (held-out retrieval formats), ppl (perplexity by "
                 "length), ruler"})
     compare: bool = field(default=True, metadata={
@@ -139,7 +139,7 @@ class EvalConfig:
         "help": "passkey and perplexity lengths; empty: [window, L/2, L] (RULER: [L])"})
     tasks: list[str] = field(default_factory=list, metadata={"help": "RULER tasks; empty: every task that can run"})
     num_samples: int = field(default=2, metadata={"help": "RULER samples per task and length"})
-    passkey_samples: int = field(default=4, metadata={
+    passkey_samples: int = field(default=8, metadata={
         "help": "samples per length and depth of each retrieval probe (passkey, report_code, locker, ticket_qa)"})
     passkey_depths: list[float] = field(default_factory=list, metadata={
         "help": "needle depths; empty: 0, 0.25, 0.5, 0.75, 1"})
