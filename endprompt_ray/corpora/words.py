@@ -11,10 +11,16 @@ LISTS = {"a": "adjectivelist.txt", "n": "nounlist.txt", "v": "verblist.txt"}  # 
 
 
 @lru_cache(maxsize=None)
+def word_list(list_name: str) -> tuple[str, ...]:
+    """Every entry of one wonderwords list, in file order."""
+    text = resources.files("wonderwords.assets").joinpath(list_name).read_text()
+    return tuple(line.rstrip() for line in text.splitlines() if line.strip())
+
+
+@lru_cache(maxsize=None)
 def plain_words(list_name: str) -> tuple[str, ...]:
     """The lowercase alphabetic words of one wonderwords list (no spaces, hyphens or digits), sorted."""
-    text = resources.files("wonderwords.assets").joinpath(list_name).read_text()
-    return tuple(sorted({w for w in (line.strip() for line in text.splitlines()) if w.isalpha() and w.islower()}))
+    return tuple(sorted({w for w in word_list(list_name) if w.isalpha() and w.islower()}))
 
 
 def pick(rng: np.random.Generator, list_name: str) -> str:

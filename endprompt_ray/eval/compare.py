@@ -156,8 +156,7 @@ def write_comparison(report: EvalReport, out_dir: Path) -> dict[str, Path]:
     files = {"comparison_table": out_dir / "comparison.txt", "comparison_json": out_dir / "comparison.json"}
     files["comparison_table"].write_text(format_comparison(report) + "\n")
     files["comparison_json"].write_text(json.dumps(report.to_dict(), indent=2))
-    panels = [s for s in ("passkey", "report_code", *HELDOUT_PROBES, "ppl")
-              if any(s in v for v in report.scores.values())]
+    panels = [s for s in SUITES if s != "ruler" and any(s in v for v in report.scores.values())]
     if panels:
         plt = pyplot()
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)

@@ -6,29 +6,24 @@ import random
 import string
 import uuid
 from functools import lru_cache
-from importlib import resources
 
-
-@lru_cache(maxsize=None)
-def _wordlist(name: str) -> tuple[str, ...]:
-    text = resources.files("wonderwords.assets").joinpath(name).read_text()
-    return tuple(line.rstrip() for line in text.splitlines() if line.strip())
+from endprompt_ray.corpora.words import word_list
 
 
 @lru_cache(maxsize=None)
 def nouns() -> tuple[str, ...]:
-    return tuple(sorted(set(_wordlist("nounlist.txt"))))
+    return tuple(sorted(set(word_list("nounlist.txt"))))
 
 
 @lru_cache(maxsize=None)
 def adjectives() -> tuple[str, ...]:
-    return tuple(sorted(set(_wordlist("adjectivelist.txt"))))
+    return tuple(sorted(set(word_list("adjectivelist.txt"))))
 
 
 @lru_cache(maxsize=None)
 def common_word_pool() -> tuple[str, ...]:
     """Nouns + adjectives + verbs, de-duplicated and sorted: the word pool of common-words extraction."""
-    return tuple(sorted(set(_wordlist("nounlist.txt") + _wordlist("adjectivelist.txt") + _wordlist("verblist.txt"))))
+    return tuple(sorted(set(word_list("nounlist.txt") + word_list("adjectivelist.txt") + word_list("verblist.txt"))))
 
 
 def random_number(rng: random.Random, num_digits: int = 7) -> str:
