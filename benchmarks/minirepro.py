@@ -9,6 +9,11 @@ to attention's quadratic term; the measured training seconds stand next to every
 
     python benchmarks/minirepro.py                   # the smallest scale, about 30 minutes on 2 cores
     python benchmarks/minirepro.py --steps 20 --seeds 1 --arms rope_only,endprompt_template_fixed   # smoke
+    python benchmarks/minirepro.py --corpus passkey-control --arms endprompt_tail_random --steps 600   # control
+
+`--corpus passkey-control` fine-tunes on the passkey probe's own format, laid out so that EndPrompt's tail prompt
+(the question and its answer) retrieves from segment 1 across the position jump: an in-distribution control of what
+the trainer learns when the data teaches the task (benchmarks/README.md), never evidence of an extended context.
 
 Writes minirepro.json, minirepro.md, minirepro_length.png and minirepro_compute.png under --output, and one
 MLflow parent run with a child run per arm and seed. Other models start from a config file (`--config`), e.g. the
@@ -63,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated arms (default: all but base): " + ", ".join(ARMS))
     p.add_argument("--passkey-samples", type=int, default=4, help="passkey samples per length and depth (default 4)")
     p.add_argument("--output", type=Path, default=Path("outputs/minirepro"), help="output folder")
+    p.add_argument("--corpus", choices=("config", "passkey-control"), default="config",
+                   help="config: the config's data (default: the demo corpus); passkey-control: passkey prompts of "
+                        "L tokens with the needle inside the first P - b and the answer at the end, one epoch's worth, "
+                        "written under --output (fine-tuning on the evaluation's own format: an in-distribution "
+                        "control of what the trainer learns when the data teaches the task)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every arm (repeatable)")
     return p.parse_args(argv)
@@ -79,6 +89,20 @@ def plan(args, P: int, L: int) -> list[Run]:
         if arm == "full_length":
             runs.append(Run(arm, "full_length_equal_tokens", 0, max(1, round(args.steps * P / L))))
     return runs
+
+
+def control_corpus(args, cfg) -> list[str]:
+    """Write the passkey-control corpus for `cfg` under --output; the override that trains on it."""
+    from endprompt_ray.corpora.passkey import passkey_documents
+    from endprompt_ray.models.loading import load_tokenizer
+
+    m = cfg.method
+    count = args.steps * cfg.global_batch
+    docs = passkey_documents(load_tokenizer(cfg.model.name_or_path), count, m.target_length,
+                             m.physical_length - m.tail_length - 1, seed=cfg.run.seed)  # - 1: the BOS ahead
+    path = args.output.resolve() / "passkey_control.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return [f"data.paths=[{path}]"]
 
 
 def base_overrides(args, run: Run) -> list[str]:
@@ -197,11 +221,13 @@ def main(argv=None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     quiet_logs(args.output / "minirepro.log")
     base = load_config(args.config, [f"run.output_dir={args.output.resolve()}", *args.overrides])
+    if args.corpus == "passkey-control":
+        args.overrides = [*control_corpus(args, base), *args.overrides]
     P, L = base.method.physical_length, base.method.target_length
     lengths = eval_lengths(base)
     client = MlflowClient(base.tracking_uri)
     parent = client.create_run(experiment_id(client, base.tracking.experiment), run_name="minirepro",
-                               tags={"endprompt.benchmark": "minirepro"})
+                               tags={"endprompt.benchmark": "minirepro", "endprompt.corpus": args.corpus})
     records = []
     try:
         for run in plan(args, P, L):
@@ -210,7 +236,7 @@ def main(argv=None) -> int:
         rows = summarise(records, lengths)
         table = markdown(rows, lengths)
         files = plot(rows, lengths, args.output)
-        result = {"P": P, "L": L, "lengths": lengths, "steps": args.steps, "seeds": args.seeds,
+        result = {"P": P, "L": L, "lengths": lengths, "steps": args.steps, "seeds": args.seeds, "corpus": args.corpus,
                   "records": records, "rows": rows}
         (args.output / "minirepro.json").write_text(json.dumps(result, indent=2))
         (args.output / "minirepro.md").write_text(table + "\n")

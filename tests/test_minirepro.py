@@ -14,15 +14,19 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.slow
 def test_minirepro_smoke(tmp_path):
+    """Two arms on the passkey-control corpus (the demo corpus is every other end-to-end test's)."""
     out = tmp_path / "minirepro"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "minirepro.py"), "--steps", "3", "--seeds", "1",
-                           "--arms", "rope_only,endprompt_template_fixed", "--passkey-samples", "1",
-                           "--output", str(out), "--set", "data.demo_documents=48",
-                           "--set", "eval.ppl_num_documents=2"],
-                          capture_output=True, text=True, timeout=900)
+                           "--arms", "rope_only,endprompt_tail_fixed", "--passkey-samples", "1",
+                           "--corpus", "passkey-control", "--output", str(out), "--set", "eval.ppl_num_documents=2"],
+                          check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "minirepro.json").read_text())
-    assert [r["label"] for r in result["rows"]] == ["rope_only", "endprompt_template_fixed"]
+    assert [r["label"] for r in result["rows"]] == ["rope_only", "endprompt_tail_fixed"]
+    assert result["corpus"] == "passkey-control"
+    control = (out / "passkey_control.jsonl").read_text().splitlines()
+    assert len(control) == 3 * 4 * 2  # steps x micro-batch x workers: one epoch
+    assert all(json.loads(line)["text"].endswith(".") and "The pass key is" in line for line in control)
     assert result["lengths"] == [256, 1024, 2048]
     for record in result["records"]:
         assert set(record["passkey"]) == {"256", "1024", "2048"}  # JSON keys

@@ -1,11 +1,13 @@
 """Which evaluation formats a model could have trained on: every probe's distinctive strings against every generated
 training corpus (the toy base's pretraining corpus at its shipped recipe, the extension demo's corpora, the station
-reports). Held-out probes and RULER's templates must occur in none; the probes labelled in-distribution must occur in
-the toy base's corpus, so the label fails this test the moment it goes stale either way."""
+reports, the mini-reproduction's passkey control). Held-out probes and RULER's templates must occur in none; the
+probes labelled in-distribution must occur in the toy base's corpus, so the label fails this test the moment it goes
+stale either way."""
 
 import pytest
 
 from endprompt_ray.config.schema import DataConfig
+from endprompt_ray.corpora.passkey import passkey_documents
 from endprompt_ray.corpora.reports import generate_documents
 from endprompt_ray.corpora.toy import toy_documents
 from endprompt_ray.data.dataset import demo_texts
@@ -35,6 +37,7 @@ def corpora(toy_tokenizer) -> dict[str, str]:
         "demo corpus 'retrieval'": "\n".join(demo_texts(DataConfig(demo_corpus="retrieval"), toy_tokenizer)),
         "demo corpus 'reports'": "\n".join(demo_texts(DataConfig(demo_corpus="reports"), toy_tokenizer)),
         "station reports": "\n".join(generate_documents(3200, seed=0)),
+        "minirepro's passkey control": "\n".join(passkey_documents(toy_tokenizer, 20, 2048, 235)),
     }
 
 
