@@ -94,12 +94,12 @@ def plan(args, P: int, L: int) -> list[Run]:
 def control_corpus(args, cfg) -> list[str]:
     """Write the passkey-control corpus for `cfg` under --output; the override that trains on it."""
     from endprompt_ray.corpora.passkey import passkey_documents
+    from endprompt_ray.data.dataset import bos_prefix
     from endprompt_ray.models.loading import load_tokenizer
 
-    m = cfg.method
-    count = args.steps * cfg.global_batch
-    docs = passkey_documents(load_tokenizer(cfg.model.name_or_path), count, m.target_length,
-                             m.physical_length - m.tail_length - 1, seed=cfg.run.seed)  # - 1: the BOS ahead
+    m, tokenizer = cfg.method, load_tokenizer(cfg.model.name_or_path)
+    head = m.physical_length - m.tail_length - len(bos_prefix(tokenizer))  # what segment 1 keeps of a document
+    docs = passkey_documents(tokenizer, args.steps * cfg.global_batch, m.target_length, head, seed=cfg.run.seed)
     path = args.output.resolve() / "passkey_control.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     return [f"data.paths=[{path}]"]

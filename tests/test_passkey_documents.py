@@ -22,7 +22,10 @@ def tokenizer():
 
 def test_needle_inside_the_head_answer_at_the_end_within_the_length(tokenizer):
     docs = passkey_documents(tokenizer, 40, L, P - B - 1, seed=3)
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     needle_ends, keys = [], []
     for doc in docs:
         found = NEEDLE.search(doc)

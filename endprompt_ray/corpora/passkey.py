@@ -24,7 +24,6 @@ def passkey_prompt(key: int, depth: float, n_words: int) -> str:
                       PASSKEY_QUESTION])
 
 
-
 def passkey_documents(tokenizer, count: int, length: int, needle_within: int, seed: int = 0) -> list[str]:
     """`count` passkey prompts, each followed by its answer, of at most `length` tokens of `tokenizer`, with the whole
     needle inside the first `needle_within` tokens: the evaluation's own format, laid out so that an EndPrompt sample
@@ -41,10 +40,11 @@ def passkey_documents(tokenizer, count: int, length: int, needle_within: int, se
     def document(key: int, cut: int, words: int) -> str:
         return f"{passkey_prompt(key, cut / words if words else 0.0, words)} {key}."
 
-    def head(key: int, cut: int) -> str:  # the document up to the needle's end
-        return "\n".join([PASSKEY_TASK, " ".join(filler_words(cut)), PASSKEY_NEEDLE.format(key=key)])
+    def head(doc: str, key: int) -> str:  # the document up to the needle's end
+        needle = PASSKEY_NEEDLE.format(key=key)
+        return doc[:doc.index(needle) + len(needle)]
 
-    def largest(fits, high: int) -> int:  # the largest n in [-1, high] with fits(n), fits being monotone
+    def largest(fits, high: int) -> int:  # the largest n in [0, high] with fits(n), fits being monotone; else -1
         low = -1
         while low < high:
             mid = (low + high + 1) // 2
@@ -52,15 +52,15 @@ def passkey_documents(tokenizer, count: int, length: int, needle_within: int, se
         return low
 
     probe = 99_999
-    words = largest(lambda n: n >= 0 and tokens([document(probe, 0, n)])[0] <= length, length)
-    latest = largest(lambda n: n >= 0 and tokens([head(probe, n)])[0] <= needle_within, max(words, 0))
+    words = largest(lambda n: tokens([document(probe, 0, n)])[0] <= length, length)
+    latest = largest(lambda n: tokens([head(document(probe, n, words), probe)])[0] <= needle_within, max(words, 0))
     if words <= 0 or latest < 0:
         raise ValueError(f"passkey documents of {length} tokens with the needle inside {needle_within} tokens do not "
                          "fit this tokenizer's prompt; raise the length or needle_within")
     rng = np.random.default_rng(seed)
     draws = [(int(rng.integers(10_000, 100_000)), int(rng.integers(0, latest + 1))) for _ in range(count)]
     docs = [document(key, cut, words) for key, cut in draws]
-    over = [i for i, (n, h) in enumerate(zip(tokens(docs), tokens([head(k, c) for k, c in draws])))
+    over = [i for i, (n, h) in enumerate(zip(tokens(docs), tokens([head(d, k) for d, (k, _) in zip(docs, draws)])))
             if n > length or h > needle_within]
     if over:  # a tokenizer that merges digits spells some keys in fewer or more tokens than the probe's
         raise ValueError(f"passkey document {over[0]} does not fit {length} tokens with its needle inside "
