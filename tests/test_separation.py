@@ -4,19 +4,22 @@ reports, the mini-reproduction's passkey control). Held-out probes and RULER's t
 probes labelled in-distribution must occur in the toy base's corpus, so the label fails this test the moment it goes
 stale either way."""
 
+from dataclasses import replace
+
 import pytest
 
 from endprompt_ray.config.schema import DataConfig
 from endprompt_ray.corpora.passkey import passkey_documents
 from endprompt_ray.corpora.reports import generate_documents
-from endprompt_ray.corpora.toy import toy_documents
+from endprompt_ray.corpora.copying import copy_documents
+from endprompt_ray.corpora.toy import pretraining_documents, toy_documents
 from endprompt_ray.data.dataset import demo_texts
 from endprompt_ray.eval.heldout import (HELDOUT_PROBES, IN_DISTRIBUTION_PROBES, PROBE_SIGNATURES, HeldoutSettings,
                                         build_heldout_samples)
 from endprompt_ray.eval.passkey import PasskeySettings, build_samples
 from endprompt_ray.eval.ruler.tasks import NEEDLE, NIAH_ANSWER_PREFIX, NIAH_TEMPLATE, VT_ANSWER_PREFIX, VT_TEMPLATE
 from endprompt_ray.models.loading import load_tokenizer
-from endprompt_ray.models.toy import RECALL_SPEC, ToyBaseSpec
+from endprompt_ray.models.toy import RECALL_SPEC, ToyBaseSpec, build_toy_tokenizer
 
 # Episode formats are fixed strings drawn at every episode, so the recipe's first documents hold every one of them;
 # the full 24000 would take a minute.
@@ -81,8 +84,13 @@ def test_in_distribution_probes_are_what_the_toy_base_trained_on(corpora, probe)
     assert not missing, f"{probe} is labelled in-distribution but the toy base's corpus lacks {missing}"
 
 
-def test_the_recall_corpus_holds_no_evaluation_format(toy_tokenizer):
-    """The recall recipe (corpora/recall.py) is meant to hold every probe out, the in-distribution ones included."""
-    text = "\n".join(toy_documents(RECALL_SPEC, toy_tokenizer, count=TOY_DOCUMENTS))
+def test_the_recall_corpus_holds_no_evaluation_format():
+    """The recall recipe (corpora/recall.py, with its copy documents: corpora/copying.py) and its extension corpus
+    are meant to hold every probe out, the in-distribution ones included."""
+    tokenizer = build_toy_tokenizer(RECALL_SPEC)
+    main_stage = pretraining_documents(replace(RECALL_SPEC, documents=TOY_DOCUMENTS), tokenizer)
+    warmup = copy_documents(tokenizer, TOY_DOCUMENTS, RECALL_SPEC.copy_window, seed=0)
+    extension = demo_texts(DataConfig(demo_corpus="recall", demo_documents=400), tokenizer)  # tiny-heldout's corpus
+    text = "\n".join(main_stage + warmup + extension)
     leaks = {probe: [sig for sig in signatures if sig in text] for probe, signatures in PROBE_SIGNATURES.items()}
     assert not any(leaks.values()), leaks

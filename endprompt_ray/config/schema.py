@@ -77,8 +77,9 @@ class DataConfig:
     text_field: str = field(default="text", metadata={"help": "JSON / parquet / HF column holding the document"})
     demo_documents: int = field(default=3200, metadata={
         "help": "demo corpus size; 3200: one epoch of the default run (400 steps x 2 workers x 4)"})
-    demo_corpus: Literal["retrieval", "reports"] = field(default="retrieval", metadata={
-        "help": "with no data.paths: the toy base's retrieval episodes, or reports"})
+    demo_corpus: Literal["retrieval", "recall", "reports"] = field(default="retrieval", metadata={
+        "help": "with no data.paths: the toy base's retrieval episodes (its own formats); recall: facts stated and "
+                "recalled across up to 2048 tokens, no evaluation format (for tiny-base-recall); or reports"})
     tokenizer_actors: int = field(default=1, metadata={"help": "tokenizer actor-pool size"})
     batch_size: int = field(default=64, metadata={"help": "documents per tokenise/anchor batch"})
     cpus_per_task: float = field(default=0.25, metadata={

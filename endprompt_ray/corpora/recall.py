@@ -119,3 +119,23 @@ def recall_episodes(rng: np.random.Generator, spec):
     window_words = spec.model.max_position_embeddings // 3  # a word and its share of the templates: ~3 tokens
     while True:
         yield recall_episode(rng, window_words)
+
+
+# ---- the extension corpus ---------------------------------------------------------------------------------------------
+
+EXTENSION_WINDOW = 2048  # tokens the haystacks reach: the CPU default's target length
+EXTENSION_MIN_TOKENS = 300  # past the default 256-token physical window, so every document has a far tail
+
+
+def long_recall_documents(tokenizer, count: int, seed: int, window: int = EXTENSION_WINDOW,
+                          min_tokens: int = EXTENSION_MIN_TOKENS) -> list[str]:
+    """`count` recall episodes whose haystacks reach `window` tokens, each of at least `min_tokens`: the recall
+    recipe's generator at the target length, so a fact stated near a document's head is recalled in its tail.
+    EndPrompt's tail prompt (the document's last tokens, placed near the target length) then holds a recall of
+    something in the head segment, and full-length or PoSE training sees the whole distance. Seeded."""
+    rng, out = np.random.default_rng(seed), []
+    while len(out) < count:
+        batch = [recall_episode(rng, window // 3) for _ in range(256)]
+        lengths = [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
+        out += [text for text, n in zip(batch, lengths) if n >= min_tokens][:count - len(out)]
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from endprompt_ray.corpora.copying import copy_documents
 from endprompt_ray.corpora.passkey import passkey_prompt
 from endprompt_ray.corpora.recall import recall_episodes
 from endprompt_ray.corpora.reports import make_document
@@ -55,3 +56,15 @@ def toy_documents(spec, tokenizer, count: int | None = None, seed: int | None = 
                 if len(out) == wanted:
                     break
     return out
+
+
+def pretraining_documents(spec, tokenizer) -> list[str]:
+    """The main stage's corpus: `spec.documents` documents, the recipe's episodes with copy documents
+    (corpora/copying.py) at `spec.copy_share`, in a seeded order."""
+    copies = round(spec.documents * spec.copy_share)
+    documents = toy_documents(spec, tokenizer, count=spec.documents - copies)
+    if not copies:
+        return documents
+    documents += copy_documents(tokenizer, copies, spec.model.max_position_embeddings, seed=spec.seed + 4)
+    order = np.random.default_rng(spec.seed + 5).permutation(len(documents))
+    return [documents[i] for i in order]

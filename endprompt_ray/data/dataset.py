@@ -30,6 +30,7 @@ import pyarrow as pa
 import ray
 
 from endprompt_ray.config.schema import DataConfig, ExtendConfig
+from endprompt_ray.corpora.recall import long_recall_documents
 from endprompt_ray.corpora.reports import generate_documents
 from endprompt_ray.corpora.toy import toy_documents
 from endprompt_ray.data.sources import is_remote, resolve_remote, single_format
@@ -90,7 +91,12 @@ def detect_format(paths: list[Path], declared: str) -> str:
 
 def demo_texts(cfg: DataConfig, tokenizer=None) -> list[str]:
     """The generated corpus used when data.paths is empty: the toy base's retrieval episodes (sized with
-    `tokenizer`, a window each, held apart from its pretraining corpus by seed) or plain station reports."""
+    `tokenizer`, a window each, held apart from its pretraining corpus by seed), recall episodes at the target
+    length (corpora/recall.py, no evaluation format), or plain station reports."""
+    if cfg.demo_corpus == "recall":
+        if tokenizer is None:
+            raise ConfigError("data.demo_corpus=recall needs the model's tokenizer to size its documents")
+        return long_recall_documents(tokenizer, cfg.demo_documents, seed=DEMO_RETRIEVAL_SEED)
     if cfg.demo_corpus == "retrieval" and tokenizer is not None:
         return toy_documents(ToyBaseSpec(), tokenizer, count=cfg.demo_documents, seed=DEMO_RETRIEVAL_SEED)
     return generate_documents(cfg.demo_documents, seed=0)

@@ -23,7 +23,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from endprompt_ray.config.loader import load_config
-from endprompt_ray.corpora.toy import toy_documents
+from endprompt_ray.corpora.copying import copy_documents
+from endprompt_ray.corpora.toy import pretraining_documents
+from endprompt_ray.eval.copying import copy_accuracy
 from endprompt_ray.eval.generation import load_model_and_tokenizer
 from endprompt_ray.eval.heldout import HELDOUT_PROBES
 from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites
@@ -38,42 +40,61 @@ RECIPES = {"episodes": ToyBaseSpec(), "recall": RECALL_SPEC}
 
 # ---- building ----------------------------------------------------------------------------------------------------------
 
-def pretrain_overrides(spec: ToyBaseSpec, init_dir: Path, corpus: Path, output_dir: Path) -> list[str]:
-    """The pretraining run as ordinary `--set` overrides: contiguous windows, RoPE unscaled, no extension."""
-    window = spec.model.max_position_embeddings
-    return [f"run.name={TOY_BASE}-build", f"run.output_dir={output_dir}", f"run.seed={spec.seed}",
+def pretrain_overrides(spec: ToyBaseSpec, init_dir: Path, corpus: Path, output_dir: Path, stage: str = "main"
+                       ) -> list[str]:
+    """A pretraining stage as ordinary `--set` overrides: contiguous windows, RoPE unscaled, no extension. `stage`
+    "copy" is the copy warm-up (its own window, steps and batch), "main" the recipe's main stage."""
+    window, steps, micro, name = (spec.model.max_position_embeddings, spec.steps, spec.micro_batch_size, "build")
+    if stage == "copy":
+        window, steps, micro, name = spec.copy_window, spec.copy_steps, spec.copy_micro_batch_size, "copy-warmup"
+    return [f"run.name={TOY_BASE}-{name}", f"run.output_dir={output_dir}", f"run.seed={spec.seed}",
             f"model.name_or_path={init_dir}", "method.kind=full_length", f"method.physical_length={window}",
             f"method.target_length={window}", "method.short_docs=skip", "rope.type=none",
-            f"data.paths=[{corpus}]", "data.batch_size=256", f"train.max_steps={spec.steps}",
-            f"train.micro_batch_size={spec.micro_batch_size}", f"train.learning_rate={spec.learning_rate}",
-            f"train.warmup_steps={spec.warmup_steps}", f"train.checkpoint_every={spec.steps}", "train.report_every=50",
+            f"data.paths=[{corpus}]", "data.batch_size=256", f"train.max_steps={steps}",
+            f"train.micro_batch_size={micro}", f"train.learning_rate={spec.learning_rate}",
+            f"train.warmup_steps={spec.warmup_steps}", f"train.checkpoint_every={steps}", "train.report_every=50",
             "train.gradient_checkpointing=false", "eval.enabled=false"]
+
+
+def _write_corpus(path: Path, documents: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in documents))
+    return path
 
 
 def build_toy_base(destination: Path = TOY_BASE_DIR, spec: ToyBaseSpec = ToyBaseSpec(),
                    work_dir: Path | None = None) -> Path:
-    """Generate the corpus, pretrain through `run_extend`, and write the exported model to `destination`."""
+    """Generate the corpora, pretrain through `run_extend` (the copy warm-up first where the recipe has one), and
+    write the exported model to `destination`."""
     work = Path(work_dir or tempfile.mkdtemp(prefix="toy-base-"))
     tokenizer = build_toy_tokenizer(spec)
     init_dir = work / "init"
     build_tiny_model(tokenizer, spec.model).save_pretrained(init_dir)
     tokenizer.save_pretrained(init_dir)
-    corpus = work / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in toy_documents(spec, tokenizer)))
+    warmup_loss = None
+    if spec.copy_window:  # one epoch of copy documents: every step sees new ones
+        documents = copy_documents(tokenizer, spec.copy_steps * spec.copy_micro_batch_size * 2, spec.copy_window,
+                                   seed=spec.seed + 3)
+        corpus = _write_corpus(work / "copy_corpus.jsonl", documents)
+        warmup = run_extend(load_config(None, pretrain_overrides(spec, init_dir, corpus, work / "copy", "copy")))
+        init_dir, warmup_loss = Path(warmup.model_dir), warmup.final_metrics.get("loss")
+    corpus = _write_corpus(work / "corpus.jsonl", pretraining_documents(spec, tokenizer))
     result = run_extend(load_config(None, pretrain_overrides(spec, init_dir, corpus, work / "outputs")))
     if destination.exists():
         shutil.rmtree(destination)
     shutil.copytree(result.model_dir, destination)
-    (destination / "toy_base.json").write_text(json.dumps({"spec": asdict(spec), "final_loss":
-                                                           result.final_metrics.get("loss")}, indent=2))
+    record = {"spec": asdict(spec), "final_loss": result.final_metrics.get("loss")}
+    if warmup_loss is not None:
+        record["copy_warmup_final_loss"] = warmup_loss
+    (destination / "toy_base.json").write_text(json.dumps(record, indent=2))
     return destination
 
 
 # ---- scoring and the command ------------------------------------------------------------------------------------------
 
 def score_toy_base(model_dir: Path, out_dir: Path, lengths=(256, 2048), samples: int = 8) -> dict:
-    """Passkey accuracy (%) and perplexity by length: the window it must pass and 8x the window it must fail; and
-    the held-out probes' accuracy (formats no recipe trains on)."""
+    """Passkey accuracy (%) and perplexity by length: the window it must pass and 8x the window it must fail; the
+    held-out probes' accuracy (formats no recipe trains on); and copy accuracy (eval/copying.py), whether the base
+    can continue a span at all, at a short length and at these."""
     model, tokenizer = load_model_and_tokenizer(str(model_dir))
     batches = {"passkey": {"batch_size": 8}, "ppl": {"batch_size": 4}, **{p: {"batch_size": 8} for p in HELDOUT_PROBES}}
     options = SuiteOptions(passkey_samples=samples, overrides=batches)
@@ -82,6 +103,7 @@ def score_toy_base(model_dir: Path, out_dir: Path, lengths=(256, 2048), samples:
     return {"passkey": {int(n): v for n, v in passkey.by_length.items()},
             "heldout": {p: {int(n): v for n, v in results[p].by_length.items()} for p in HELDOUT_PROBES},
             "passkey_by_depth": {int(n): {f"{d:g}": v for d, v in by.items()} for n, by in passkey.accuracy.items()},
+            "copy": copy_accuracy(model, tokenizer, (64, *lengths)),
             "ppl": {int(n): round(v, 3) for n, v in ppl.ppl.items()},
             "tail_ppl": {int(n): round(v, 3) for n, v in ppl.tail_ppl.items()}}
 
@@ -98,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                              "evaluation's own formats); recall: varied facts and recurring spans, no evaluation "
                              "format (corpora/recall.py), an experimental recipe")
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the recipe's)")
+    parser.add_argument("--copy-steps", type=int, default=None,
+                        help="copy warm-up steps, for a recipe that has one (default: the recipe's)")
     parser.add_argument("--score-only", action="store_true", help="score the model in --output without training")
     args = parser.parse_args(argv)
     if args.output is None:
@@ -107,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.score_only:
         quiet_logs(Path(tempfile.gettempdir()) / "toy-base-build.log")
         spec = RECIPES[args.recipe]
-        build_toy_base(args.output, replace(spec, steps=args.steps or spec.steps))
+        build_toy_base(args.output, replace(spec, steps=args.steps or spec.steps,
+                                                  copy_steps=args.copy_steps or spec.copy_steps))
     scores = score_toy_base(args.output, Path(tempfile.mkdtemp(prefix="toy-base-scores-")))
     record = args.output / "toy_base.json"
     if record.exists():  # the build's record carries the scores it was shipped with

@@ -25,12 +25,19 @@ class ToyBaseSpec:
     warmup_steps: int = 50
     seed: int = 0
     corpus: str = "episodes"  # "episodes": passkey + reports (the evaluation's formats); "recall": corpora/recall.py
+    # A copy warm-up before the main stage (corpora/copying.py), and the copy documents' share of the main stage.
+    copy_window: int = 0  # 0: no warm-up
+    copy_steps: int = 0
+    copy_micro_batch_size: int = 32  # per worker, 2 workers
+    copy_share: float = 0.0
 
 
-# The recall recipe (corpora/recall.py): no evaluation format in its corpus, English haystacks, so a larger vocabulary.
+# The recall recipe (corpora/recall.py): no evaluation format in its corpus, English haystacks, so a larger vocabulary;
+# a copy warm-up at 32 tokens first (2500 steps of 64 sequences), then half copy documents, half recall episodes.
 RECALL_SPEC = ToyBaseSpec(corpus="recall", model=TinySpec(
     vocab_size=2048, hidden_size=128, intermediate_size=340, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=4, max_position_embeddings=256))
+    num_key_value_heads=4, max_position_embeddings=256), documents=32000, steps=2000, warmup_steps=100,
+    copy_window=32, copy_steps=2500, copy_share=0.5)
 
 
 def build_toy_tokenizer(spec: ToyBaseSpec):
