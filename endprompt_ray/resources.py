@@ -6,6 +6,7 @@ installed wheel alike. Imports nothing of the project.
     endprompt_ray/presets/sweeps/*.yaml     Tune sweep spaces    (endprompt sweep --space anchor_space)
     endprompt_ray/presets/rope_search/*.yaml  LongRoPE search settings (endprompt search-rope --space NAME)
     endprompt_ray/assets/tiny-base/         the toy base's weights and tokenizer
+    endprompt_ray/assets/tiny-base-recall/  the recall toy base's (no evaluation format in its corpus)
 
 Each is found by name (the file name without its extension) or by path; a path that exists, relative to the working
 directory or absolute, always wins over a shipped name.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a checkout's root (meaningless in an installed package)
 TOY_BASE_DIR = Path(__file__).resolve().parent / "assets" / "tiny-base"  # the toy base's shipped weights
+RECALL_BASE_DIR = TOY_BASE_DIR.with_name("tiny-base-recall")  # the recall recipe's (jobs/toybase.py --recipe recall)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from endprompt_ray.cli import extend as extend_main
 from endprompt_ray.config.loader import load_config
 from endprompt_ray.eval.compare import EvalReport, eval_lengths, format_comparison, run_suites, write_comparison
 
@@ -62,7 +63,8 @@ def test_comparison_table_and_files(tmp_path):
     assert lines[1].split()[-4:] == ["100.0", "0.0", "1.50", "40.25"]
     assert lines[2].startswith("endprompt (linear x8, 10 steps)") and lines[2].split()[-4:] == ["95.0", "62.5",
                                                                                                  "1.60", "2.00"]
-    assert lines[3] == "passkey: the formats the toy base was pretrained on (in-distribution for tiny-base)"
+    assert lines[3] == ("passkey: the formats the shipped tiny-base was pretrained on (in-distribution for tiny-base "
+                        "only; held out for tiny-base-recall)")
     assert len(lines) == 4
     report.scores["trained"]["ticket_qa"] = {256: 12.5, 2048: 0.0}
     lines = format_comparison(report).splitlines()
@@ -94,7 +96,8 @@ def test_default_job_is_a_before_after_demo(local_ray, tmp_path, capsys):
     assert set(comparison["scores"]) == {"base", "rope_only", "trained"}
     assert comparison["scores"]["base"]["passkey"]["256"] >= 80  # the toy base retrieves at its window
     assert {"locker", "ticket_qa"} <= set(comparison["scores"]["trained"])  # the held-out formats are reported
-    assert "locker, ticket_qa: held out" in out and "passkey: the formats the toy base was pretrained on" in out
+    assert "locker, ticket_qa: held out" in out
+    assert "passkey: the formats the shipped tiny-base was pretrained on" in out
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("endprompt-ray").experiment_id])
@@ -102,3 +105,20 @@ def test_default_job_is_a_before_after_demo(local_ray, tmp_path, capsys):
     assert {"passkey/acc/2048", "ppl/2048", "compare/base/passkey/256", "compare/rope_only/ppl/2048"} <= set(metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/comparison.png", "eval/comparison.txt"} <= artifacts
+
+
+@pytest.mark.slow
+def test_the_held_out_preset_extends_the_recall_base_on_its_own_corpus(local_ray, tmp_path, capsys):
+    """`--config tiny-heldout`, shortened: tiny-base-recall, EndPrompt's tail prompt on the recall extension corpus
+    (every document long enough for a far tail: nothing skipped), every probe held out."""
+    code = extend_main(["--config", "tiny-heldout", "--set", f"run.output_dir={tmp_path}", "--set",
+                        "train.max_steps=4", "--set", "data.demo_documents=64", "--set", "eval.compare=false",
+                        "--set", "eval.passkey_samples=1", "--set", "eval.ppl_num_documents=2"])
+    out, _ = capsys.readouterr()
+    assert code == 0, out
+    assert "data: 64 records -> 64 documents -> 64 samples (0 packed); nothing skipped" in out
+    run_dir = tmp_path / "endprompt-tiny-heldout"
+    recorded = json.loads((run_dir / "model" / "endprompt.json").read_text())["config"]
+    assert recorded["model"]["name_or_path"] == "tiny-base-recall" and recorded["method"]["prompt_source"] == "tail"
+    assert recorded["data"]["demo_corpus"] == "recall"
+    assert json.loads((run_dir / "model" / "config.json").read_text())["vocab_size"] == 2048

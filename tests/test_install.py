@@ -16,12 +16,13 @@ from endprompt_ray.cli import COMMANDS, load_command
 from endprompt_ray.resources import ResourceNotFoundError, find_deepspeed, find_preset, find_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ["endprompt_ray/presets/tiny-cpu.yaml", "endprompt_ray/presets/llama3-8b-64k.yaml",
+SHIPPED = ["endprompt_ray/presets/tiny-cpu.yaml", "endprompt_ray/presets/tiny-heldout.yaml",
+           "endprompt_ray/presets/llama3-8b-64k.yaml",
            "endprompt_ray/presets/smollm2-135m.yaml", "endprompt_ray/presets/deepspeed/zero2.json",
            "endprompt_ray/presets/deepspeed/zero3.json", "endprompt_ray/presets/deepspeed/zero3_offload.json",
            "endprompt_ray/presets/sweeps/anchor_space.yaml",
            "endprompt_ray/presets/rope_search/rope_search_llama3.yaml",
-           "endprompt_ray/assets/tiny-base/config.json"]
+           "endprompt_ray/assets/tiny-base/config.json", "endprompt_ray/assets/tiny-base-recall/model.safetensors"]
 
 
 def test_shipped_files_are_found_by_name_by_former_path_and_a_real_path_wins(tmp_path, monkeypatch):
@@ -33,7 +34,7 @@ def test_shipped_files_are_found_by_name_by_former_path_and_a_real_path_wins(tmp
     (tmp_path / "zero3.json").write_text("{}")  # one's own file of the same name, in the working directory
     assert find_deepspeed("zero3.json") == tmp_path / "zero3.json"
     assert find_deepspeed("zero3") == shipped
-    with pytest.raises(ResourceNotFoundError, match="shipped: llama3-8b-64k, smollm2-135m, tiny-cpu"):
+    with pytest.raises(ResourceNotFoundError, match="shipped: llama3-8b-64k, smollm2-135m, tiny-cpu, tiny-heldout"):
         find_preset("llama3-8b-4k")
     with pytest.raises(ResourceNotFoundError, match="zero2, zero3, zero3_offload"):
         find_deepspeed(tmp_path / "elsewhere" / "zero2.json")  # a path that does not exist is not a name
@@ -105,7 +106,7 @@ def test_the_installed_package_runs_its_default_job_from_an_empty_directory(inst
     field = extend_help.stdout.split("\n  method.target_length ", 1)[1].splitlines()
     assert field[1].strip(), "method.target_length is listed without its help text"
     unknown = _run(["endprompt", "extend", "--config", "llama3-8b-4k", "--print-config"], work, env)
-    assert unknown.returncode == 2 and "llama3-8b-64k, smollm2-135m, tiny-cpu" in unknown.stderr, unknown
+    assert unknown.returncode == 2 and "llama3-8b-64k, smollm2-135m, tiny-cpu, tiny-heldout" in unknown.stderr, unknown
 
     job = _run(["endprompt", "extend", "--set", "train.max_steps=2", "--set", "eval.enabled=false",
                 "--set", "train.num_workers=1", "--set", "train.checkpoint_every=2",

@@ -10,10 +10,13 @@ import pytest
 
 from endprompt_ray.corpora.passkey import PASSKEY_QUESTION
 from endprompt_ray.corpora.toy import toy_documents
+from endprompt_ray.eval.copying import copy_accuracy
+from endprompt_ray.eval.generation import load_model_and_tokenizer
+from endprompt_ray.eval.heldout import HeldoutSettings, run_heldout
 from endprompt_ray.eval.passkey import PasskeySettings, run_passkey
 from endprompt_ray.eval.perplexity import PerplexitySettings, run_perplexity
 from endprompt_ray.jobs.toybase import build_toy_base
-from endprompt_ray.models.loading import TOY_BASE, resolve_model_path
+from endprompt_ray.models.loading import RECALL_BASE, TOY_BASE, resolve_model_path
 from endprompt_ray.models.toy import ToyBaseSpec, build_toy_tokenizer
 
 SPEC = ToyBaseSpec()
@@ -54,6 +57,23 @@ def _assert_measurable_window(path, out_dir):
 
 def test_shipped_toy_base_has_a_measurable_window(tmp_path, one_thread):
     _assert_measurable_window(resolve_model_path(TOY_BASE), tmp_path)
+
+
+def test_shipped_recall_base_copies_and_retrieves_held_out_formats_only_inside_its_window(tmp_path, one_thread):
+    """tiny-base-recall never saw the passkey or locker formats: it copies (eval/copying.py) and retrieves them at
+    its window, and neither beyond it. Its build record holds the scores measured when it was built."""
+    path = resolve_model_path(RECALL_BASE)
+    model, tokenizer = load_model_and_tokenizer(path)
+    copy = copy_accuracy(model, tokenizer, [256, 2048], samples=8)
+    assert copy[256] >= 70 and copy[2048] <= 30, copy
+    passkey = run_passkey(path, None, PasskeySettings(lengths=[256, 2048], num_samples=4, batch_size=4,
+                                                      progress=False), tmp_path / "passkey")
+    assert passkey.by_length[256] >= 80 and passkey.by_length[2048] <= 10, passkey.accuracy
+    locker = run_heldout(path, None, HeldoutSettings(lengths=[256, 2048], probe="locker", num_samples=4,
+                                                     batch_size=4, progress=False), tmp_path / "locker")
+    assert locker.by_length[256] >= 30 and locker.by_length[2048] <= 10, locker.accuracy
+    record = json.loads((Path(path) / "toy_base.json").read_text())
+    assert record["spec"]["corpus"] == "recall" and record["scores"]["copy"]["256"] >= 70
 
 
 # A reduced build (40 steps on 640 documents, the full recipe otherwise) and what it gave when it was recorded: the

@@ -121,7 +121,7 @@ def recall_episodes(rng: np.random.Generator, spec):
         yield recall_episode(rng, window_words)
 
 
-# ---- the extension corpus ---------------------------------------------------------------------------------------------
+# ---- the extension corpus --------------------------------------------------------------------------------------------
 
 EXTENSION_WINDOW = 2048  # tokens the haystacks reach: the CPU default's target length
 EXTENSION_MIN_TOKENS = 300  # past the default 256-token physical window, so every document has a far tail

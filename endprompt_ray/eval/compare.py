@@ -143,8 +143,8 @@ def format_comparison(report: EvalReport) -> str:
         lines.append(report.labels[variant].ljust(width) + "".join(c.rjust(cell) for c in cells))
     shown = {s for s, _ in columns}
     if shown & set(IN_DISTRIBUTION_PROBES):
-        lines.append(f"{', '.join(p for p in IN_DISTRIBUTION_PROBES if p in shown)}: the formats the toy base "
-                     "was pretrained on (in-distribution for tiny-base)")
+        lines.append(f"{', '.join(p for p in IN_DISTRIBUTION_PROBES if p in shown)}: the formats the shipped "
+                     "tiny-base was pretrained on (in-distribution for tiny-base only; held out for tiny-base-recall)")
     if shown & set(HELDOUT_PROBES):
         lines.append(f"{', '.join(p for p in HELDOUT_PROBES if p in shown)}: held out (no corpus of the project "
                      "contains these formats)")
@@ -168,7 +168,7 @@ def write_comparison(report: EvalReport, out_dir: Path) -> dict[str, Path]:
             ax.set_xticks(report.lengths, [str(n) for n in report.lengths])
             ax.set_xlabel("context length (tokens)")
             if suite != "ppl":
-                held = "held out" if suite in HELDOUT_PROBES else "in-distribution for tiny-base"
+                held = "held out" if suite in HELDOUT_PROBES else "in-distribution for tiny-base only"
                 ax.set_ylabel(f"{suite} accuracy (%)")
                 ax.set_title(f"{suite} ({held})", fontsize=9)
                 ax.set_ylim(-5, 105)

@@ -12,6 +12,10 @@ is padded or packed. Pretraining goes through the project's own pipeline (Ray Da
 export) as `full_length` at the window with RoPE unscaled. The result is shipped in `assets/tiny-base/`;
 `python -m endprompt_ray.jobs.toybase` runs the recipe (deterministically: the same weights bit for bit on a
 machine, whatever else runs on it) and reports its scores; the shipped weights come from the recipe's first version.
+
+The recall recipe (`--recipe recall`, shipped in `assets/tiny-base-recall/`) holds every evaluation format out: a
+copy warm-up at 32 tokens (corpora/copying.py), then copy documents and recall episodes (corpora/recall.py) at the
+window, so what it learns to retrieve is whatever recurs, not one template.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites
 from endprompt_ray.jobs.extend import quiet_logs, run_extend
 from endprompt_ray.models.loading import TOY_BASE, build_tiny_model
 from endprompt_ray.models.toy import RECALL_SPEC, ToyBaseSpec, build_toy_tokenizer
-from endprompt_ray.resources import TOY_BASE_DIR
+from endprompt_ray.resources import RECALL_BASE_DIR, TOY_BASE_DIR
 
 
 RECIPES = {"episodes": ToyBaseSpec(), "recall": RECALL_SPEC}
@@ -113,19 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     parser = argparse.ArgumentParser(prog="endprompt build-toy-base", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", type=Path, default=None, help=f"model directory (default: {TOY_BASE_DIR} for "
-                        "the episodes recipe, which it ships; ./tiny-base-<recipe> for another)")
+    parser.add_argument("--output", type=Path, default=None, help="model directory (default: the recipe's shipped "
+                        f"base, {TOY_BASE_DIR} or {RECALL_BASE_DIR.name} beside it)")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="episodes",
                         help="episodes: the shipped base's corpus (passkey prompts and station reports, the "
-                             "evaluation's own formats); recall: varied facts and recurring spans, no evaluation "
-                             "format (corpora/recall.py), an experimental recipe")
+                             "evaluation's own formats), shipped as tiny-base; recall: a copy warm-up, then copy "
+                             "documents and recall episodes, no evaluation format (corpora/copying.py, recall.py), "
+                             "shipped as tiny-base-recall")
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the recipe's)")
     parser.add_argument("--copy-steps", type=int, default=None,
                         help="copy warm-up steps, for a recipe that has one (default: the recipe's)")
     parser.add_argument("--score-only", action="store_true", help="score the model in --output without training")
     args = parser.parse_args(argv)
     if args.output is None:
-        args.output = TOY_BASE_DIR if args.recipe == "episodes" else Path(f"tiny-base-{args.recipe}")
+        args.output = TOY_BASE_DIR if args.recipe == "episodes" else RECALL_BASE_DIR
 
     started = time.perf_counter()
     if not args.score_only:

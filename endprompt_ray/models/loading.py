@@ -9,12 +9,13 @@ from endprompt_ray.errors import ModelLoadError
 from endprompt_ray.models.attention import check_attn_implementation
 from endprompt_ray.models.cache import build_once, cache_root
 from endprompt_ray.models.gguf import converted_model_dir, gguf_source
-from endprompt_ray.resources import TOY_BASE_DIR
+from endprompt_ray.resources import RECALL_BASE_DIR, TOY_BASE_DIR
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TINY = "tiny"
 TOY_BASE = "tiny-base"  # the toy base: trained by endprompt_ray.jobs.toybase, shipped in endprompt_ray/assets/
+RECALL_BASE = "tiny-base-recall"  # the same model pretrained on the recall recipe (no evaluation format), shipped too
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,13 @@ def tiny_model_dir(spec: TinySpec = TinySpec(), root: str | Path | None = None) 
     return build_once(cache_root(root) / f"tiny-{key}", build)
 
 
-def toy_base_dir() -> Path:
-    if not (TOY_BASE_DIR / "config.json").exists():
-        raise ModelLoadError(f"the toy base is missing from {TOY_BASE_DIR}; rebuild it with "
-                             "`python -m endprompt_ray.jobs.toybase` (about 10 minutes on 2 cores)")
-    return TOY_BASE_DIR
+def toy_base_dir(name: str = "tiny-base") -> Path:
+    folder, recipe = {TOY_BASE: (TOY_BASE_DIR, "episodes"), RECALL_BASE: (RECALL_BASE_DIR, "recall")}[name]
+    if not (folder / "config.json").exists():
+        raise ModelLoadError(f"the toy base {name} is missing from {folder}; rebuild it with `python -m "
+                             f"endprompt_ray.jobs.toybase --recipe {recipe} --output {folder}` (10-20 minutes on 2 "
+                             "cores)")
+    return folder
 
 
 def resolve_model_path(name_or_path: str, tiny: TinySpec = TinySpec()) -> str:
@@ -94,8 +97,8 @@ def resolve_model_path(name_or_path: str, tiny: TinySpec = TinySpec()) -> str:
     an existing directory -> itself; anything else -> a hub id."""
     if name_or_path == TINY:
         return str(tiny_model_dir(tiny))
-    if name_or_path == TOY_BASE:
-        return str(toy_base_dir())
+    if name_or_path in (TOY_BASE, RECALL_BASE):
+        return str(toy_base_dir(name_or_path))
 
     if (gguf := gguf_source(name_or_path)) is not None:
         return str(converted_model_dir(gguf))
