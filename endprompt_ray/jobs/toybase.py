@@ -34,7 +34,7 @@ from endprompt_ray.eval.generation import load_model_and_tokenizer
 from endprompt_ray.eval.heldout import HELDOUT_PROBES
 from endprompt_ray.eval.suites import SuiteOptions, evaluate_suites
 from endprompt_ray.jobs.extend import quiet_logs, run_extend
-from endprompt_ray.models.loading import TOY_BASE, build_tiny_model
+from endprompt_ray.models.loading import TOY_BASE, TOY_BASES, build_tiny_model
 from endprompt_ray.models.toy import RECALL_SPEC, ToyBaseSpec, build_toy_tokenizer
 from endprompt_ray.resources import RECALL_BASE_DIR, TOY_BASE_DIR
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-only", action="store_true", help="score the model in --output without training")
     args = parser.parse_args(argv)
     if args.output is None:
-        args.output = TOY_BASE_DIR if args.recipe == "episodes" else RECALL_BASE_DIR
+        args.output = next(folder for folder, recipe in TOY_BASES.values() if recipe == args.recipe)
 
     started = time.perf_counter()
     if not args.score_only:

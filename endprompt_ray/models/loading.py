@@ -16,6 +16,7 @@ from pathlib import Path
 TINY = "tiny"
 TOY_BASE = "tiny-base"  # the toy base: trained by endprompt_ray.jobs.toybase, shipped in endprompt_ray/assets/
 RECALL_BASE = "tiny-base-recall"  # the same model pretrained on the recall recipe (no evaluation format), shipped too
+TOY_BASES = {TOY_BASE: (TOY_BASE_DIR, "episodes"), RECALL_BASE: (RECALL_BASE_DIR, "recall")}  # name: (folder, recipe)
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,8 @@ def tiny_model_dir(spec: TinySpec = TinySpec(), root: str | Path | None = None) 
     return build_once(cache_root(root) / f"tiny-{key}", build)
 
 
-def toy_base_dir(name: str = "tiny-base") -> Path:
-    folder, recipe = {TOY_BASE: (TOY_BASE_DIR, "episodes"), RECALL_BASE: (RECALL_BASE_DIR, "recall")}[name]
+def toy_base_dir(name: str = TOY_BASE) -> Path:
+    folder, recipe = TOY_BASES[name]
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"the toy base {name} is missing from {folder}; rebuild it with `python -m "
                              f"endprompt_ray.jobs.toybase --recipe {recipe} --output {folder}` (10-20 minutes on 2 "
@@ -97,7 +98,7 @@ def resolve_model_path(name_or_path: str, tiny: TinySpec = TinySpec()) -> str:
     an existing directory -> itself; anything else -> a hub id."""
     if name_or_path == TINY:
         return str(tiny_model_dir(tiny))
-    if name_or_path in (TOY_BASE, RECALL_BASE):
+    if name_or_path in TOY_BASES:
         return str(toy_base_dir(name_or_path))
 
     if (gguf := gguf_source(name_or_path)) is not None:
