@@ -3,12 +3,17 @@ DeepSpeed -> export -> passkey + perplexity -> MLflow), starting from the toy ba
 
 Arms: rope-only, contiguous short fine-tuning, EndPrompt (template or tail prompt x fixed or random anchor), PoSE,
 and full-length fine-tuning at L; `base` (the untouched model) on request. Every trained arm gets the same number of
-steps (equal steps); full-length also runs at steps x P / L, the training tokens of one short arm (equal compute up
-to attention's quadratic term; the measured training seconds stand next to every row). Arms with random draws
-(random anchors, PoSE) run with several seeds (mean and range).
+steps (equal steps) except `full_length_equal_tokens`: full-length at steps x P / L, the training tokens of one
+short arm. Every row carries its training FLOPs (plan.estimate's model FLOPs: 6 x parameters per token plus causal
+attention, which makes full-length's FLOPs larger at equal tokens) and its measured training seconds. Arms with
+random draws (random anchors, PoSE) run with several seeds (mean and range). Each arm is scored by the config's
+evaluation suites (retrieval probes by length and needle depth, perplexity by length).
 
     python benchmarks/minirepro.py                   # the smallest scale, about 30 minutes on 2 cores
     python benchmarks/minirepro.py --steps 20 --seeds 1 --arms rope_only,endprompt_template_fixed   # smoke
+    python benchmarks/minirepro.py --config tiny-heldout --steps 800 \
+        --arms base,rope_only,contiguous,endprompt_tail_random,pose,full_length_equal_tokens \
+        --arm-set pose:train.learning_rate=5e-4     # held-out probes; per-arm settings, e.g. swept learning rates
     python benchmarks/minirepro.py --corpus passkey-control --arms endprompt_tail_random --steps 600   # control
 
 `--corpus passkey-control` fine-tunes on the passkey probe's own format, laid out so that EndPrompt's tail prompt
@@ -44,10 +49,13 @@ ARMS = {  # name -> config overrides
     "endprompt_tail_random": ["method.kind=endprompt", "method.prompt_source=tail", "method.anchor=random"],
     "pose": ["method.kind=pose"],
     "full_length": ["method.kind=full_length"],
+    "full_length_equal_tokens": ["method.kind=full_length"],  # at steps x P / L: the tokens of one short arm
 }
 # Seeds vary the random draws (anchors, PoSE skips); the corpus and its order are fixed, so arms without draws
 # would repeat one run exactly and get one seed. Full-length is also too costly to repeat at this scale.
-SINGLE_SEED = {"base", "rope_only", "contiguous", "endprompt_template_fixed", "endprompt_tail_fixed", "full_length"}
+SINGLE_SEED = {"base", "rope_only", "contiguous", "endprompt_template_fixed", "endprompt_tail_fixed", "full_length",
+               "full_length_equal_tokens"}
+DEPTH_ROWS = ("_early", "_late")  # a probe's rows with the needle in the first / second half of the context
 
 
 @dataclass(frozen=True)
@@ -64,9 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=150, help="training steps of every trained arm (default 150)")
     p.add_argument("--seeds", type=int, default=3,
                    help="seeds per arm with random draws: random anchors, PoSE (default 3)")
-    p.add_argument("--arms", default=",".join(a for a in ARMS if a != "base"),
+    p.add_argument("--arms", default=",".join(a for a in ARMS if a not in ("base", "full_length")),
                    help="comma-separated arms (default: all but base): " + ", ".join(ARMS))
-    p.add_argument("--passkey-samples", type=int, default=4, help="passkey samples per length and depth (default 4)")
+    p.add_argument("--passkey-samples", type=int, default=None,
+                   help="samples per length and depth of every retrieval probe (default: the config's)")
     p.add_argument("--output", type=Path, default=Path("outputs/minirepro"), help="output folder")
     p.add_argument("--corpus", choices=("config", "passkey-control"), default="config",
                    help="config: the config's data (default: the demo corpus); passkey-control: passkey prompts of "
@@ -75,7 +84,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "control of what the trainer learns when the data teaches the task)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every arm (repeatable)")
-    return p.parse_args(argv)
+    p.add_argument("--arm-set", dest="arm_overrides", action="append", default=[], metavar="ARM:KEY=VALUE",
+                   help="config override for one arm, after --set, e.g. pose:train.learning_rate=5e-4 (repeatable)")
+    args = p.parse_args(argv)
+    args.per_arm = {}
+    for item in args.arm_overrides:
+        arm, sep, override = item.partition(":")
+        if not sep or "=" not in override or arm not in ARMS:
+            p.error(f"--arm-set {item!r}: write ARM:KEY=VALUE with ARM one of {', '.join(ARMS)}")
+        args.per_arm.setdefault(arm, []).append(override)
+    return args
 
 
 def plan(args, P: int, L: int) -> list[Run]:
@@ -84,10 +102,10 @@ def plan(args, P: int, L: int) -> list[Run]:
         if arm not in ARMS:
             raise SystemExit(f"error: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
         steps = 0 if arm in ("base", "rope_only") else args.steps
+        if arm == "full_length_equal_tokens":
+            steps = max(1, round(args.steps * P / L))
         for seed in [0] if arm in SINGLE_SEED else range(args.seeds):
             runs.append(Run(arm, arm, seed, steps))
-        if arm == "full_length":
-            runs.append(Run(arm, "full_length_equal_tokens", 0, max(1, round(args.steps * P / L))))
     return runs
 
 
@@ -108,8 +126,19 @@ def control_corpus(args, cfg) -> list[str]:
 def base_overrides(args, run: Run) -> list[str]:
     return [f"run.output_dir={args.output.resolve()}", f"run.name=minirepro-{run.label}-s{run.seed}",
             f"run.seed={run.seed}", f"train.max_steps={run.steps}", f"train.checkpoint_every={max(run.steps, 1)}",
-            "eval.suites=[passkey,ppl]", "eval.compare=false", f"eval.passkey_samples={args.passkey_samples}",
-            *args.overrides, *ARMS[run.arm]]
+            "eval.compare=false",
+            *([f"eval.passkey_samples={args.passkey_samples}"] if args.passkey_samples else []),
+            *args.overrides, *ARMS[run.arm], *args.per_arm.get(run.arm, [])]
+
+
+def training_flops(cfg) -> float:
+    """Model FLOPs of the run's training (plan.estimate: 6 x matmul parameters per token plus causal attention)."""
+    from endprompt_ray.plan.architectures import resolve_architecture
+    from endprompt_ray.plan.estimate import Workload, model_flops_per_step
+
+    workload = Workload.from_config(cfg)
+    arch = resolve_architecture(cfg.model.name_or_path, cfg.model.tiny)
+    return model_flops_per_step(arch, workload) * workload.world_size * cfg.train_steps
 
 
 def run_one(run: Run, args, parent_id: str) -> dict:
@@ -126,6 +155,7 @@ def run_one(run: Run, args, parent_id: str) -> dict:
     report = result.evaluation
     (scores,) = [s for v, s in report.scores.items() if v in ("trained", "rope_only")]
     return {"arm": run.arm, "label": run.label, "seed": run.seed, "steps": run.steps,
+            "learning_rate": cfg.train.learning_rate, "train_flops": training_flops(cfg),
             "train_seconds": round(training_seconds(history), 2),
             "wall_seconds": round(time.perf_counter() - started, 1), "run_id": result.mlflow_run_id,
             **{suite: {int(n): v for n, v in by.items()} for suite, by in scores.items()}}
@@ -140,14 +170,22 @@ def training_seconds(step_times) -> float:
     return total
 
 
+def probes_of(records: list[dict]) -> list[str]:
+    """The retrieval probes the records were scored on, in evaluation order (every score row but ppl and depths)."""
+    keys = dict.fromkeys(k for r in records for k, v in r.items() if isinstance(v, dict))
+    return [k for k in keys if k != "ppl" and not k.endswith(DEPTH_ROWS)]
+
+
 def summarise(records: list[dict], lengths: list[int]) -> list[dict]:
     """One row per label: mean and range over seeds of every score."""
     rows = []
+    suites = [k for p in probes_of(records) for k in (p, *(p + d for d in DEPTH_ROWS))] + ["ppl"]
     for label in dict.fromkeys(r["label"] for r in records):
         group = [r for r in records if r["label"] == label]
         row = {"label": label, "seeds": len(group), "steps": group[0]["steps"],
+               "learning_rate": group[0].get("learning_rate"), "train_flops": group[0].get("train_flops", 0.0),
                "train_seconds": statistics.mean(r["train_seconds"] for r in group)}
-        for suite in ("passkey", "passkey_early", "passkey_late", "ppl"):
+        for suite in suites:
             for n in lengths:
                 values = [r[suite][n] for r in group if n in r.get(suite, {})]
                 if values:
@@ -156,52 +194,74 @@ def summarise(records: list[dict], lengths: list[int]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], lengths: list[int]) -> str:
-    def cell(value, digits) -> str:
-        if value is None:
-            return "-"
-        mean, low, high = value
-        return f"{mean:.{digits}f}" + (f" ({low:.{digits}f}-{high:.{digits}f})" if high > low else "")
+def _cell(value, digits) -> str:
+    if value is None:
+        return "-"
+    mean, low, high = value
+    return f"{mean:.{digits}f}" + (f" ({low:.{digits}f}-{high:.{digits}f})" if high > low else "")
 
+
+def _table(head: list[str], lines: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(cells) + " |" for cells in lines])
+
+
+def markdown(rows: list[dict], lengths: list[int], probes: list[str]) -> str:
+    """Scores by length (retrieval %, perplexity), then retrieval at L by needle depth (first / second half)."""
     L = max(lengths)
-    head = (["arm", "seeds", "steps", "train s"] + [f"passkey @{n}" for n in lengths]
-            + [f"early @{L}", f"late @{L}"] + [f"PPL @{n}" for n in lengths])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["label"], str(r["seeds"]), str(r["steps"]), f"{r['train_seconds']:.0f}"]
-        cells += [cell(r.get(f"passkey@{n}"), 0) for n in lengths]
-        cells += [cell(r.get(f"passkey_early@{L}"), 0), cell(r.get(f"passkey_late@{L}"), 0)]
-        cells += [cell(r.get(f"ppl@{n}"), 2) for n in lengths]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    head = (["arm", "seeds", "steps", "lr", "train TFLOPs", "train s"]
+            + [f"{p} @{n}" for p in probes for n in lengths] + [f"PPL @{n}" for n in lengths])
+    by_length = _table(head, [
+        [r["label"], str(r["seeds"]), str(r["steps"]), f"{r['learning_rate']:.0e}" if r["steps"] else "-",
+         f"{r['train_flops'] / 1e12:.1f}", f"{r['train_seconds']:.0f}"]
+        + [_cell(r.get(f"{p}@{n}"), 1) for p in probes for n in lengths]
+        + [_cell(r.get(f"ppl@{n}"), 2) for n in lengths] for r in rows])
+    by_depth = _table(["arm"] + [f"{p} {d[1:]} @{L}" for p in probes for d in DEPTH_ROWS],
+                      [[r["label"]] + [_cell(r.get(f"{p}{d}@{L}"), 1) for p in probes for d in DEPTH_ROWS]
+                       for r in rows])
+    return by_length + "\n\n" + by_depth
 
 
-def plot(rows: list[dict], lengths: list[int], out: Path) -> list[Path]:
+def _errorbar(ax, xs, values, **kwargs) -> None:
+    ax.errorbar(xs, [v[0] for v in values], yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]],
+                capsize=3, **kwargs)
+
+
+def plot(rows: list[dict], lengths: list[int], probes: list[str], out: Path) -> list[Path]:
+    """Retrieval by length per probe (one panel each), and retrieval at L against training FLOPs per arm."""
     from endprompt_ray.plotting import pyplot
 
     plt, L = pyplot(), max(lengths)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        points = [(n, r[f"passkey@{n}"]) for n in lengths if f"passkey@{n}" in r]
-        ax.errorbar([n for n, _ in points], [v[0] for _, v in points],
-                    yerr=[[v[0] - v[1] for _, v in points], [v[2] - v[0] for _, v in points]],
-                    marker="o", capsize=3, label=r["label"])
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [str(n) for n in lengths])
-    ax.set(xlabel="context length (tokens)", ylabel="passkey accuracy (%)", ylim=(-5, 105),
-           title="passkey accuracy by length (mean, seed range)")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(probes), figsize=(4.5 * len(probes), 4.2), squeeze=False, sharey=True)
+    for ax, probe in zip(axes[0], probes):
+        for r in rows:
+            points = [(n, r[f"{probe}@{n}"]) for n in lengths if f"{probe}@{n}" in r]
+            _errorbar(ax, [n for n, _ in points], [v for _, v in points], marker="o", label=r["label"])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.set(xlabel="context length (tokens)", title=f"{probe} (mean, seed range)", ylim=(-5, 105))
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     by_length = out / "minirepro_length.png"
     fig.savefig(by_length, dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    trained = [r for r in rows if r["train_flops"] > 0]
+    for probe, marker in zip(probes, "osD^v<>"):
+        for r in trained:
+            if f"{probe}@{L}" in r:
+                _errorbar(ax, [r["train_flops"]], [r[f"{probe}@{L}"]], marker=marker, linestyle="none",
+                          color=f"C{rows.index(r)}", label=f"{r['label']}: {probe}")
     for r in rows:
-        if f"passkey@{L}" in r:
-            ax.scatter(r["train_seconds"], r[f"passkey@{L}"][0], s=40)
-            ax.annotate(r["label"], (r["train_seconds"], r[f"passkey@{L}"][0]), fontsize=7)
-    ax.set(xlabel="training seconds (measured, this machine)", ylabel=f"passkey accuracy @ {L} (%)",
-           ylim=(-5, 105), title="accuracy vs compute")
+        if not r["train_flops"]:  # untrained rows: a level to beat
+            best = max((r[f"{p}@{L}"][0] for p in probes if f"{p}@{L}" in r), default=None)
+            if best is not None:
+                ax.axhline(best, linestyle=":", color="grey", label=f"{r['label']}, untrained (its best probe)")
+    ax.set_xscale("log")
+    ax.set(xlabel="training FLOPs (model FLOPs, plan.estimate)", ylabel=f"accuracy @ {L} (%)", ylim=(-5, 105),
+           title=f"retrieval at {L} against training compute (mean, seed range)")
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     by_compute = out / "minirepro_compute.png"
     fig.savefig(by_compute, dpi=120)
@@ -233,9 +293,9 @@ def main(argv=None) -> int:
         for run in plan(args, P, L):
             print(f"== {run.label} seed {run.seed}: {run.steps} steps", flush=True)
             records.append(run_one(run, args, parent.info.run_id))
-        rows = summarise(records, lengths)
-        table = markdown(rows, lengths)
-        files = plot(rows, lengths, args.output)
+        rows, probes = summarise(records, lengths), probes_of(records)
+        table = markdown(rows, lengths, probes)
+        files = plot(rows, lengths, probes, args.output)
         result = {"P": P, "L": L, "lengths": lengths, "steps": args.steps, "seeds": args.seeds, "corpus": args.corpus,
                   "records": records, "rows": rows}
         (args.output / "minirepro.json").write_text(json.dumps(result, indent=2))

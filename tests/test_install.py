@@ -20,7 +20,7 @@ SHIPPED = ["endprompt_ray/presets/tiny-cpu.yaml", "endprompt_ray/presets/tiny-he
            "endprompt_ray/presets/llama3-8b-64k.yaml",
            "endprompt_ray/presets/smollm2-135m.yaml", "endprompt_ray/presets/deepspeed/zero2.json",
            "endprompt_ray/presets/deepspeed/zero3.json", "endprompt_ray/presets/deepspeed/zero3_offload.json",
-           "endprompt_ray/presets/sweeps/anchor_space.yaml",
+           "endprompt_ray/presets/sweeps/anchor_space.yaml", "endprompt_ray/presets/sweeps/lr_heldout.yaml",
            "endprompt_ray/presets/rope_search/rope_search_llama3.yaml",
            "endprompt_ray/assets/tiny-base/config.json", "endprompt_ray/assets/tiny-base-recall/model.safetensors"]
 

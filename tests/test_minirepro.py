@@ -18,7 +18,8 @@ def test_minirepro_smoke(tmp_path):
     out = tmp_path / "minirepro"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "minirepro.py"), "--steps", "3", "--seeds", "1",
                            "--arms", "rope_only,endprompt_tail_fixed", "--passkey-samples", "1",
-                           "--corpus", "passkey-control", "--output", str(out), "--set", "eval.ppl_num_documents=2"],
+                           "--corpus", "passkey-control", "--output", str(out), "--set", "eval.ppl_num_documents=2",
+                           "--set", "eval.suites=[passkey,ppl]"],
                           check=False, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "minirepro.json").read_text())

@@ -90,6 +90,19 @@ def test_default_space_crosses_three_dimensions_and_keeps_random_anchors_off_off
                if o["method.anchor"] == "random")
 
 
+
+def test_the_learning_rate_space_sweeps_one_arm_of_the_held_out_reproduction_on_validation_draws():
+    spec = load_sweep(ROOT / "endprompt_ray" / "presets" / "sweeps" / "lr_heldout.yaml", ["method.kind=pose"])
+    (dim,) = dimensions(spec)
+    assert (dim.key, trial_count([dim], spec)) == ("train.learning_rate", 3)
+    base = base_config(spec)
+    assert (base.model.name_or_path, base.data.demo_corpus, base.method.kind) == ("tiny-base-recall", "recall", "pose")
+    assert base.run.seed not in (0, 1, 2)  # the minirepro's test seeds: the picked rate never saw their samples
+    assert base.global_batch == load_config("tiny-heldout").global_batch  # one worker, the preset's batch
+    assert (spec.scheduler.type, spec.scheduler.metric, spec.metric) == ("asha", "probe/nll", "passkey/avg")
+    plan = TrialPlan(spec, [dim], base.to_dict(), str(Path.cwd()), "parent", "node")
+    assert plan.config({"train.learning_rate": 5e-4}).train.learning_rate == 5e-4
+
 def test_numeric_ranges_become_tune_domains(tmp_path):
     spec = load_sweep(_sweep(tmp_path, space={
         "train.learning_rate": {"loguniform": [1e-5, 1e-3]},
